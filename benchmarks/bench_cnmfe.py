@@ -1,0 +1,190 @@
+"""Patched CNMF-E: accuracy on simulated animals, speed, and peak memory.
+
+Run::
+
+    python benchmarks/bench_cnmfe.py accuracy            # default preset (4 x 1000 frames, 256x256, 80 neurons)
+    python benchmarks/bench_cnmfe.py accuracy --preset dense_lowsnr
+    python benchmarks/bench_cnmfe.py speed               # 256x256x4000, 120 neurons, frames/s end to end
+    python benchmarks/bench_cnmfe.py memory --frames 15000 60000   # peak RSS, memory_size_to_use 4
+    python benchmarks/bench_cnmfe.py memory --frames 15000 60000 --max-iter 2 --no-residual  # shorter
+
+Sections
+--------
+accuracy  Simulate an animal (``califlow.simulate``), render its sessions in the reference
+          frame, enhance them and compute the projections (``califlow.cnmfe.simulated``),
+          run :func:`califlow.cnmfe.run_cnmfe` with the default parameters and score it with
+          :func:`califlow.metrics.score_extraction`: precision, recall and F1 of the
+          detection, median per-session trace r, median spike r (5-frame bins) and the
+          pairwise tracking F1 (presence per session = any deconvolved event).
+speed     The same on a 256x256x4000 movie with 120 neurons: wall time, CPU time and
+          frames/s of ``run_cnmfe`` (store already written), in this process.
+memory    Peak RSS of ``run_cnmfe`` in a fresh process on a long movie (the 4000-frame
+          simulated movie repeated in time, 4 sessions) with ``memory_size_to_use: 4``;
+          the baseline RSS of the interpreter with the libraries imported is printed too.
+
+Every run prints the exact command and its figures; stores are written under --workdir
+(default: a temporary folder) and reused when present.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def _log_setup(verbose: bool) -> None:
+    import logging
+
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(asctime)s %(name)s: %(message)s")
+    for name in ("numba", "zarr", "asyncio"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def build_store(workdir: Path, preset_name: str, seed: int, **overrides) -> tuple[Path, object]:
+    """Simulate an animal and write its aligned store (reused when present)."""
+    from califlow.cnmfe.simulated import write_aligned_store
+    from califlow.simulate import preset, simulate_animal
+
+    tag = "_".join([preset_name, str(seed)] + [f"{k}{v}" for k, v in sorted(overrides.items())])
+    path = workdir / f"aligned_{tag}.zarr"
+    animal = simulate_animal(preset(preset_name, **overrides), seed=seed)
+    if not path.exists():
+        t = time.perf_counter()
+        write_aligned_store(animal, path)
+        print(f"  wrote {path} in {time.perf_counter() - t:.0f} s")
+    return path, animal
+
+
+def score(animal, ex) -> dict:
+    from califlow.metrics import score_extraction
+
+    r = score_extraction(animal.ground_truth, ex.A, ex.C, ex.S, active_est=ex.active)
+    return {"n_true": r["n_true"], "n_est": r["n_est"], "precision": round(r["precision"], 3),
+            "recall": round(r["recall"], 3), "f1": round(r["f1"], 3), "trace_r": round(r["trace_r"], 3),
+            "spike_r": round(r["spike_r"], 3), "tracking_f1": round(r["tracking"]["f1"], 3),
+            "tracking_precision": round(r["tracking"]["precision"], 3),
+            "tracking_recall": round(r["tracking"]["recall"], 3)}
+
+
+def run_accuracy(args, workdir: Path) -> None:
+    from califlow.cnmfe import run_cnmfe
+
+    path, animal = build_store(workdir, args.preset, args.seed)
+    t, c = time.perf_counter(), time.process_time()
+    ex = run_cnmfe(path, workdir / f"cnmfe_{args.preset}.zarr", {"cnmfe": {"n_processes": args.processes}})
+    wall, cpu = time.perf_counter() - t, time.process_time() - c
+    out = score(animal, ex)
+    out.update(wall_s=round(wall, 1), cpu_s=round(cpu, 1))
+    print(f"accuracy preset={args.preset} seed={args.seed}: {json.dumps(out)}")
+
+
+def run_speed(args, workdir: Path) -> None:
+    from califlow.cnmfe import run_cnmfe
+
+    path, animal = build_store(workdir, "default", args.seed, n_neurons=120)
+    T = animal.ground_truth.C.shape[1]
+    load0 = os.getloadavg()[0]
+    t, c = time.perf_counter(), time.process_time()
+    ex = run_cnmfe(path, workdir / "cnmfe_speed.zarr", {"cnmfe": {"n_processes": args.processes}})
+    wall, cpu = time.perf_counter() - t, time.process_time() - c
+    child = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu += child.ru_utime + child.ru_stime  # pool workers
+    out = score(animal, ex)
+    print(f"speed 256x256x{T}, 120 neurons, n_processes={args.processes}: wall {wall:.1f} s, "
+          f"cpu {cpu:.1f} s (all processes), {T / wall:.1f} frames/s (wall), {T / cpu:.1f} frames/cpu-s; "
+          f"load average before/after {load0:.1f}/{os.getloadavg()[0]:.1f}; "
+          f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB; scores {json.dumps(out)}")
+
+
+def long_store(workdir: Path, base: Path, n_frames: int) -> Path:
+    """The base movie repeated in time to ``n_frames`` frames, as 4 equal sessions."""
+    import zarr
+
+    from califlow.io.store import atomic_output, create_image, create_movie, open_group
+
+    path = workdir / f"aligned_long_{n_frames}.zarr"
+    if path.exists():
+        return path
+    src = zarr.open_group(str(base), mode="r")
+    mov = src["movie"]
+    T0, h, w = mov.shape
+    per = n_frames // 4
+    with atomic_output(path) as tmp:
+        g = open_group(tmp, "w")
+        out = create_movie(g, "movie", (4 * per, h, w))
+        for a in range(0, 4 * per, 1000):
+            b = min(4 * per, a + 1000)
+            idx = np.arange(a, b) % T0
+            out[a:b] = mov[int(idx[0]):int(idx[0]) + (b - a)] if idx[-1] > idx[0] else mov[idx]
+        create_image(g, "cn", np.repeat(src["cn"][...].max(axis=0, keepdims=True), 4, axis=0))
+        create_image(g, "pnr", np.repeat(src["pnr"][...].max(axis=0, keepdims=True), 4, axis=0))
+        if "bv" in src:
+            create_image(g, "bv", np.repeat(src["bv"][...].max(axis=0, keepdims=True), 4, axis=0))
+        fps = src.attrs["sessions"][0]["fps"]
+        g.attrs["sessions"] = [{"name": f"session{s}", "start": s * per, "stop": (s + 1) * per, "fps": fps,
+                                "source": "repeated"} for s in range(4)]
+    return path
+
+
+_CHILD = r"""
+import json, resource, sys, time
+import califlow.cnmfe, califlow.deconv, numba, zarr
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+from califlow.cnmfe import run_cnmfe
+t = time.perf_counter()
+cfg = {"cnmfe": {"memory_size_to_use": float(sys.argv[3]), "max_iter": int(sys.argv[4]),
+                 "residual_search": sys.argv[5] == "1"}}
+ex = run_cnmfe(sys.argv[1], sys.argv[2], cfg)
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+print(json.dumps({"baseline_mib": round(base), "peak_mib": round(peak), "wall_s": round(time.perf_counter() - t, 1),
+                  "neurons": int(ex.C.shape[0])}))
+"""
+
+
+def run_memory(args, workdir: Path) -> None:
+    base, _ = build_store(workdir, "default", args.seed)
+    for n in args.frames:
+        path = long_store(workdir, base, n)
+        cmd = [sys.executable, "-c", _CHILD, str(path), str(workdir / f"cnmfe_long_{n}.zarr"), str(args.budget),
+               str(args.max_iter), "0" if args.no_residual else "1"]
+        res = subprocess.run(cmd, capture_output=True, text=True)
+        if res.returncode:
+            print(res.stderr[-3000:])
+            raise SystemExit(res.returncode)
+        out = json.loads(res.stdout.strip().splitlines()[-1])
+        print(f"memory 256x256x{n} memory_size_to_use={args.budget} max_iter={args.max_iter} "
+              f"residual_search={not args.no_residual}: {json.dumps(out)}")
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("section", choices=["accuracy", "speed", "memory"])
+    ap.add_argument("--preset", default="default")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--processes", type=int, default=1)
+    ap.add_argument("--frames", type=int, nargs="+", default=[15000, 60000])
+    ap.add_argument("--budget", type=float, default=4.0)
+    ap.add_argument("--max-iter", type=int, default=4, help="cnmfe.max_iter of the memory runs")
+    ap.add_argument("--no-residual", action="store_true", help="memory runs without the residual search")
+    ap.add_argument("--workdir", type=Path, default=None)
+    ap.add_argument("-v", "--verbose", action="store_true")
+    args = ap.parse_args(argv)
+    _log_setup(args.verbose)
+    print("command:", " ".join([os.path.basename(sys.executable), *sys.argv]))
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench_cnmfe_"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    {"accuracy": run_accuracy, "speed": run_speed, "memory": run_memory}[args.section](args, workdir)
+
+
+if __name__ == "__main__":
+    main()

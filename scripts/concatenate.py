@@ -1,0 +1,25 @@
+"""Snakemake script of rule ``concatenate``: enhanced movies + alignment -> results/{animal}/aligned.zarr.
+
+Reads ``snakemake.input.enhanced`` and ``snakemake.input.projections`` (one per session, in
+the order of ``snakemake.params.sessions``) and ``snakemake.input.alignment``; writes
+``snakemake.output[0]`` atomically (nothing is left under its name if the job fails); logs
+progress (frames done, rate, ETA) to ``snakemake.log[0]``.
+"""
+
+from califlow.align import concatenate
+from califlow.progress import script_logging
+
+
+def main(smk) -> None:
+    with script_logging(smk.log[0] if smk.log else None) as log:
+        config = dict(smk.params.config)
+        tolerance = float(config.get("inter_session_alignment", {}).get("fps_tolerance", 0.01))
+        summary = concatenate(list(smk.input.enhanced), smk.input.alignment, smk.output[0],
+                              names=list(smk.params.sessions), projections=list(smk.input.projections),
+                              fps_tolerance=tolerance, params=config)
+        for s in summary["sessions"]:
+            log.info("session %s: frames %d-%d (%g fps)", s["name"], s["start"], s["stop"], s["fps"])
+
+
+if __name__ == "__main__":
+    main(snakemake)  # noqa: F821 - injected by Snakemake

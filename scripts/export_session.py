@@ -1,0 +1,34 @@
+"""Rule export_session: one session's traces (CSV), NWB file and Inscopix cell/event sets."""
+
+import json
+
+import numpy as np
+import pandas as pd
+
+from califlow.export import export_session, load_extraction
+from califlow.io.store import open_group
+from califlow.progress import script_logging
+
+
+def main(smk):
+    session = smk.wildcards.session
+    ext = load_extraction(smk.input.cnmfe)
+    ext["attrs"]["animal"] = smk.wildcards.animal
+    names = [s.name for s in ext["sessions"]]
+    i = names.index(session)
+    aligned = open_group(smk.input.aligned)
+    images = {name: np.asarray(aligned[name][i]) for name in ("mean", "cn", "pnr") if name in aligned}
+    summary = json.loads(open(smk.input.summary).read())
+    cfg = smk.params.export
+    formats = ["csv"] + (["nwb"] if cfg["nwb"] else []) + (["isxd"] if cfg["isxd"] else [])
+    cells = pd.read_csv(smk.input.cells)
+    snr = cells["snr"].to_numpy(float) if "snr" in cells else None
+    export_session(ext, session, smk.output[0], metadata=cfg, images=images,
+                   source_files=summary.get("source_files") or [],
+                   frames_per_file=summary.get("frames_per_file") or [],
+                   raw_fps=summary.get("fps_raw"), formats=formats,
+                   snr=snr, event_threshold=float(cfg["event_threshold"]))
+
+
+with script_logging(snakemake.log[0]):  # noqa: F821 - injected by Snakemake
+    main(snakemake)  # noqa: F821

@@ -1,0 +1,18 @@
+"""Rule qc_session: a session's projections and motion trace as one PNG for the report."""
+
+import json
+
+import numpy as np
+
+from califlow import qc
+from califlow.io.store import open_group
+from califlow.motion.session import read_motion_csv
+from califlow.progress import script_logging
+
+with script_logging(snakemake.log[0]):  # noqa: F821 - injected by Snakemake
+    smk = snakemake  # noqa: F821
+    proj = open_group(smk.input.projections)
+    images = {n: np.asarray(proj[n][...]) for n in ("mean", "bv", "cn", "pnr") if n in proj}
+    fps = json.loads(open(smk.input.summary).read()).get("fps") or 1.0
+    qc.session_figure(images, read_motion_csv(smk.input.motion), float(fps),
+                      f"{smk.wildcards.animal} / {smk.wildcards.session}", smk.output[0])

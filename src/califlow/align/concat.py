@@ -1,0 +1,190 @@
+"""Concatenation: every session's enhanced movie warped into the aligned frame, one store.
+
+``aligned.zarr`` (written under a temporary name, renamed when complete):
+
+- ``movie`` (T, H, W) float32, chunks about (100, 64, 64), blosc-zstd + bit-shuffle; frames
+  of the sessions in order; pixels a session does not cover (``fov_policy='pad'``) are 0;
+- ``mean``, ``bv``, ``cn``, ``pnr`` (S, H, W) float32: each session's projections in the
+  aligned frame (0 where not covered), ``valid`` (S, H, W) bool;
+- attrs ``sessions``: list of ``{name, start, stop, n_frames, fps, source}`` (frames
+  ``start:stop`` of ``movie``), ``fps``, ``dropped``, the alignment summary and provenance.
+
+Frames are streamed in blocks of ``chunk_frames`` and written in whole time chunks, so memory
+is a few blocks whatever the number of frames.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from califlow.align.features import PROJECTION_KEYS
+from califlow.align.maps import BilinearWarp
+from califlow.align.pipeline import Alignment, load_alignment
+from califlow.errors import InputError
+from califlow.io.store import (MOVIE_CHUNKS, FrameWriter, atomic_output, create_image, create_movie, open_group,
+                               set_provenance)
+from califlow.progress import Progress
+
+__all__ = ["concatenate", "read_projections"]
+
+log = logging.getLogger("califlow.align")
+
+
+def read_projections(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Read a session's ``projections.zarr`` (``mean``, ``bv``, ``cn``, ``pnr``; float32 (H, W))."""
+    try:
+        g = open_group(path)
+    except FileNotFoundError as e:
+        raise InputError(str(e)) from None
+    out = {}
+    for key in PROJECTION_KEYS:
+        if key in g:
+            out[key] = np.asarray(g[key][...], dtype=np.float32)
+    if "bv" not in out or "cn" not in out:
+        raise InputError(f"{path}: projections store lacks 'bv' or 'cn' (has {sorted(g.keys())})")
+    return out
+
+
+def _open_enhanced(path: Path) -> tuple[Any, float | None, dict]:
+    try:
+        g = open_group(path)
+    except FileNotFoundError as e:
+        raise InputError(str(e)) from None
+    if "movie" not in g:
+        raise InputError(f"{path}: no 'movie' array in the enhanced store (has {sorted(g.keys())})")
+    movie = g["movie"]
+    if movie.ndim != 3:
+        raise InputError(f"{path}: 'movie' must be (T, H, W), got shape {movie.shape}")
+    attrs = dict(g.attrs)
+    fps = attrs.get("fps")
+    return movie, (None if fps is None else float(fps)), attrs
+
+
+def concatenate(enhanced: Sequence[str | os.PathLike], alignment: Alignment | str | os.PathLike,
+                out_path: str | os.PathLike, *, names: Sequence[str] | None = None,
+                projections: Sequence[Mapping[str, np.ndarray] | str | os.PathLike] | None = None,
+                chunk_frames: int = MOVIE_CHUNKS[0], fps_tolerance: float = 0.01,
+                params: Mapping | None = None) -> dict:
+    """Warp every session's enhanced movie through its map and write ``aligned.zarr``.
+
+    Parameters
+    ----------
+    enhanced : sequence of paths
+        Each session's ``enhanced.zarr`` (array ``movie`` (T, h, w) float32, attr ``fps``),
+        in concatenation order.
+    alignment : Alignment or path of ``alignment.zarr``
+    out_path : path of the ``aligned.zarr`` to write
+    names : sequence of str, optional
+        Session names of ``enhanced`` (default: the alignment's sessions, same order).
+        Sessions the alignment dropped are skipped.
+    projections : sequence of dicts or ``projections.zarr`` paths, optional
+        Per-session projections to store aligned (``mean``, ``bv``, ``cn``, ``pnr``).
+    chunk_frames : int
+        Frames read and warped per block (also the time chunk of ``movie``).
+    fps_tolerance : float
+        Largest relative difference of frame rates accepted between sessions.
+    params : mapping, optional
+        Resolved configuration, stored as provenance.
+
+    Returns
+    -------
+    dict: the ``sessions`` table, ``n_frames``, ``shape``, ``fps``.
+
+    Raises
+    ------
+    InputError
+        Missing or malformed store, frame size that does not match the alignment, differing
+        frame rates, non-finite frames (message names the file and the frame).
+    """
+    al = alignment if isinstance(alignment, Alignment) else load_alignment(alignment)
+    paths = [Path(p) for p in enhanced]
+    names = list(names) if names is not None else list(al.names)
+    if len(names) != len(paths):
+        raise InputError(f"concatenate: {len(paths)} enhanced movies but {len(names)} session names")
+    if projections is not None and len(projections) != len(paths):
+        raise InputError(f"concatenate: {len(paths)} enhanced movies but {len(projections)} projections")
+    unknown = [n for n in names if n not in al.names and n not in al.dropped]
+    if unknown:
+        raise InputError(f"concatenate: sessions {unknown} are not in the alignment (sessions {al.names})")
+    missing = [n for n in al.names if n not in names]
+    if missing:
+        raise InputError(f"concatenate: the alignment has sessions {missing} that were not given")
+    jobs = []
+    for i, (nm, p) in enumerate(zip(names, paths)):
+        if nm in al.dropped:
+            log.warning("session %r was dropped by the alignment (fov_policy 'drop'); it is not concatenated", nm)
+            continue
+        movie, fps, attrs = _open_enhanced(p)
+        k = al.names.index(nm)
+        if tuple(movie.shape[1:]) != tuple(al.session_shapes[k]):
+            raise InputError(f"{p}: frames are {movie.shape[1]}x{movie.shape[2]} but session {nm!r} was aligned "
+                             f"with projections of {al.session_shapes[k][0]}x{al.session_shapes[k][1]}; "
+                             "re-run the alignment on this session's projections")
+        if movie.shape[0] == 0:
+            raise InputError(f"{p}: session {nm!r} has no frames")
+        if fps is None:
+            raise InputError(f"{p}: no 'fps' attribute in the enhanced store of session {nm!r}")
+        jobs.append((nm, p, movie, fps, attrs, k, i))
+    if not jobs:
+        raise InputError("concatenate: no session left to concatenate")
+    fps0 = jobs[0][3]
+    bad = [(nm, f) for nm, _, _, f, *_ in jobs if abs(f - fps0) > fps_tolerance * fps0]
+    if bad:
+        listing = ", ".join(f"{nm}: {f:g} fps" for nm, _, _, f, *_ in jobs)
+        raise InputError(f"concatenate: sessions have different frame rates ({listing}); one movie needs one rate. "
+                         "Resample the recordings (downsampling.temporal_ds) or split the animal.")
+
+    H, W = al.shape
+    total = int(sum(j[2].shape[0] for j in jobs))
+    table = []
+    t0 = 0
+    for nm, p, movie, fps, attrs, _, _ in jobs:
+        n = int(movie.shape[0])
+        src = attrs.get("source", attrs.get("inputs"))
+        table.append({"name": nm, "start": t0, "stop": t0 + n, "n_frames": n, "fps": fps, "source": str(p),
+                      "original_source": src})
+        t0 += n
+    progress = Progress(total, "frames", "concatenate")
+    with atomic_output(out_path) as tmp:
+        root = open_group(tmp, mode="w")
+        arr = create_movie(root, "movie", (total, H, W), chunks=(chunk_frames, MOVIE_CHUNKS[1], MOVIE_CHUNKS[2]))
+        with FrameWriter(arr) as writer:
+            for nm, p, movie, fps, attrs, k, _ in jobs:
+                warp = BilinearWarp(al.maps[k], al.session_shapes[k], fill=0.0)
+                n = int(movie.shape[0])
+                for start in range(0, n, chunk_frames):
+                    block = np.asarray(movie[start:start + chunk_frames], dtype=np.float32)
+                    finite = np.isfinite(block).reshape(len(block), -1).all(axis=1)
+                    if not finite.all():
+                        f = start + int(np.argmin(finite))
+                        raise InputError(f"{p}: frame {f} of session {nm!r} has NaN or infinite values")
+                    writer.write(warp(block))
+                    progress.update(len(block))
+        if projections is not None:
+            stacks = {key: np.zeros((len(jobs), H, W), np.float32) for key in PROJECTION_KEYS}
+            valid = np.zeros((len(jobs), H, W), bool)
+            for s, (nm, _, _, _, _, k, i) in enumerate(jobs):
+                pr = projections[i]
+                pr = read_projections(pr) if isinstance(pr, (str, os.PathLike)) else pr
+                warp = BilinearWarp(al.maps[k], al.session_shapes[k], fill=np.nan)
+                valid[s] = warp.valid_image
+                for key in PROJECTION_KEYS:
+                    if key in pr and pr[key] is not None:
+                        img = np.asarray(pr[key], np.float32)
+                        if img.shape != tuple(al.session_shapes[k]):
+                            raise InputError(f"projections of session {nm!r}: {key!r} is {img.shape}, "
+                                             f"the alignment expects {tuple(al.session_shapes[k])}")
+                        stacks[key][s] = np.nan_to_num(warp(img[None])[0], nan=0.0)
+            for key, st in stacks.items():
+                create_image(root, key, st)
+            create_image(root, "valid", valid)
+        set_provenance(root, params=params, inputs=[str(p) for p in paths], sessions=table, fps=fps0,
+                       n_frames=total, shape=[H, W], dropped=list(al.dropped), alignment_path=al.path,
+                       bv_score=al.bv_score, alignment_box=list(al.box))
+    log.info("concatenated %d sessions, %d frames of %dx%d into %s", len(jobs), total, H, W, out_path)
+    return {"sessions": table, "n_frames": total, "shape": (H, W), "fps": fps0}

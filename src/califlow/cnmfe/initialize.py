@@ -1,0 +1,216 @@
+"""Initialisation: one footprint and trace per seed and batch, peeled off the data.
+
+For every batch (the same seed list in each, so component k is the same neuron in every
+session) the median-subtracted frames ``HY`` of the block are visited seed by seed,
+brightest first.  Around a seed (box of half-width 6 gSig):
+
+1. skip the seed when its trace never exceeds 3 robust noise levels;
+2. correlate every box pixel with the seed pixel, clip negative correlations, keep
+   pixels above 20 % of the range, take the connected blob holding the seed and dilate it
+   by a disk of radius 3;
+   (the blob needs at least 5 pixels: a lone correlated pixel is noise);
+3. the trace is the mean of the blob, which must reach ``min_pnr`` (peak of its 10-frame
+   running median over the noise of its frame differences, the measure of the seeding
+   PNR image) in what is left after the brighter seeds were peeled off: a seed on the
+   flank of a neuron already initialised, or on noise, has a blob of noise (CNMF-E's
+   greedy initialisation re-tests its seeds after each neuron is subtracted too); each
+   box pixel is regressed on
+   ``[1, mean outside the blob, trace]`` and the footprint is the non-negative trace
+   coefficient inside the blob (at least 5 pixels, else the seed is skipped);
+4. the trace is denoised (in-loop deconvolution) and ``a c^T`` is subtracted from HY.
+
+The footprint of a neuron is the mean of its per-batch footprints (peak 1); its trace is
+the concatenation of the per-batch traces (zero where the seed was skipped).
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+import scipy.sparse as sp
+from scipy import ndimage
+
+from califlow.cnmfe.data import InMemorySource
+from califlow.cnmfe.model import Model, empty_model, normalize_footprints
+from califlow.cnmfe.temporal import ar_order, denoise_trace
+
+__all__ = ["initialize", "init_seed", "peeled_pnr"]
+
+#: Fraction of the correlation range a pixel needs to join the seed's blob.
+BLOB_THRESHOLD = 0.2
+#: Radius of the disk that dilates the blob (px).
+BLOB_DILATION = 3
+#: Fewest correlated pixels around a seed, and fewest positive footprint pixels, to accept it.
+MIN_INIT_PIXELS = 5
+#: Frames used for the per-pixel temporal median.
+MEDIAN_FRAMES = 250
+#: Running-median length (frames) of the peak in the peeled peak-to-noise test (as the PNR image).
+PNR_FRAMES = 10
+
+
+def _disk(r: int) -> np.ndarray:
+    yy, xx = np.mgrid[-r:r + 1, -r:r + 1]
+    return yy ** 2 + xx ** 2 <= r * r
+
+
+@numba.njit(cache=True, parallel=True)
+def _row_medians(X: np.ndarray, step: int) -> np.ndarray:  # pragma: no cover - numba
+    """Median of columns ``0, step, 2 step, ...`` of every row of X (P, T)."""
+    P, T = X.shape
+    out = np.empty(P, np.float32)
+    for p in numba.prange(P):
+        out[p] = np.median(X[p, ::step])
+    return out
+
+
+def centred_pixels(Y_b: np.ndarray, max_frames: int = MEDIAN_FRAMES) -> np.ndarray:
+    """Pixel-major copy ``HY`` (P, T_b) of a batch (T_b, P) minus each pixel's temporal median.
+
+    The median is taken over at most ``max_frames`` evenly spaced frames.
+    """
+    HY = np.ascontiguousarray(np.asarray(Y_b, dtype=np.float32).T)
+    step = max(1, -(-HY.shape[1] // max_frames))
+    HY -= _row_medians(HY, step)[:, None]
+    return HY
+
+
+def peeled_pnr(hy: np.ndarray) -> float:
+    """Peak-to-noise ratio of a centred trace (T,): max of its 10-frame running median over its noise.
+
+    The noise is the rms of first differences / sqrt(2) (white noise: its standard
+    deviation; slow signal barely contributes).
+    """
+    from califlow.preprocess.temporal import running_median
+
+    d = np.diff(hy)
+    sn = float(np.sqrt(np.mean(d.astype(np.float64) ** 2) / 2.0)) if d.size else 0.0
+    if sn <= 0:
+        return 0.0
+    return float(running_median(hy[:, None], PNR_FRAMES).max()) / sn
+
+
+def init_seed(HY: np.ndarray, shape: tuple[int, int], y: int, x: int, radius: int, deconv_flag: bool, options,
+              min_pnr: float = 0.0):
+    """Footprint and trace of the seed (y, x) from the centred pixel-major frames HY (P, T).
+
+    ``min_pnr`` is the peak-to-noise ratio (:func:`peeled_pnr`) the blob's mean trace must
+    reach in ``HY`` (0: CaliAli's tests only).
+
+    Returns
+    -------
+    None when the seed is rejected, else ``(pixels, a, c_raw, fit)``: the flat indices of
+    the footprint's pixels, their footprint values (peak 1), the raw trace (baseline
+    removed, (T,)) and its :class:`~califlow.cnmfe.temporal.TraceFit`.
+    """
+    h, w = shape
+    T = HY.shape[1]
+    hy = HY[y * w + x]
+    spread = 1.4826 * float(np.median(np.abs(hy - np.median(hy))))
+    if spread <= 0 or hy.max() < 3 * spread:
+        return None
+    y0, y1 = max(0, y - radius), min(h, y + radius + 1)
+    x0, x1 = max(0, x - radius), min(w, x + radius + 1)
+    bh, bw = y1 - y0, x1 - x0
+    pix = ((np.arange(y0, y1)[:, None] * w) + np.arange(x0, x1)[None, :]).ravel()
+    box = HY[pix]  # (n, T)
+    hc = hy - hy.mean()
+    sums = box.sum(axis=1, dtype=np.float64)
+    sq = np.einsum("ij,ij->i", box, box, dtype=np.float64) - sums * sums / T
+    num = (box @ hc[:, None]).ravel()  # as a GEMM: threaded BLAS GEMV is slow for small sizes
+    den = np.sqrt(float(hc @ hc)) * np.sqrt(np.maximum(sq, 0))
+    corr = np.where(den > 0, num / np.where(den > 0, den, 1), 0.0)
+    corr = np.maximum(corr, 0).reshape(bh, bw)
+    lo, hi = corr.min(), corr.max()
+    if hi <= lo:
+        return None
+    mask = (corr - lo) / (hi - lo) > BLOB_THRESHOLD
+    labels, _ = ndimage.label(mask, structure=np.ones((3, 3), bool))
+    lab = labels[y - y0, x - x0]
+    if lab == 0 or np.count_nonzero(labels == lab) < MIN_INIT_PIXELS:
+        return None  # no group of correlated pixels: noise, not a neuron
+    blob = ndimage.binary_dilation(labels == lab, structure=_disk(BLOB_DILATION)).ravel()
+    n_in, n_out = int(blob.sum()), int((~blob).sum())
+    inside = box[blob]
+    in_sum = inside.sum(axis=0)
+    c = in_sum / n_in
+    if min_pnr > 0 and peeled_pnr(c) < min_pnr:
+        return None  # nothing left but noise once the brighter neighbours are peeled off
+    bg = (box.sum(axis=0) - in_sum) / n_out if n_out else np.zeros(T, np.float32)
+    X = np.stack([np.ones(T, np.float32), bg, c], axis=1).astype(np.float32)
+    gram = (X.T @ X).astype(np.float64) + 1e-9 * np.eye(3)
+    coef = np.linalg.solve(gram, (inside @ X).T.astype(np.float64))  # (3, n_in)
+    a = np.maximum(coef[2], 0).astype(np.float32)
+    if np.count_nonzero(a) < MIN_INIT_PIXELS:
+        return None
+    peak = float(a.max())
+    a /= peak
+    c = (c * peak).astype(np.float32)
+    fit = denoise_trace(c, deconv_flag, options)
+    if not np.any(fit.c > 0):
+        return None
+    nz = a > 0
+    return pix[blob][nz], a[nz], (c - fit.b).astype(np.float32), fit
+
+
+def initialize(source: InMemorySource, seeds: np.ndarray, ids: np.ndarray, opts) -> Model:
+    """Initialise one component per seed on an in-memory block (all its batches).
+
+    Parameters
+    ----------
+    source : InMemorySource
+        The block's frames, one array per batch.
+    seeds : ndarray (N, 2) int
+        Seed positions (y, x) in block coordinates, brightest first.
+    ids : ndarray (N,) int
+        Identity of each seed (kept by the component).
+    opts : CnmfeOptions
+
+    Returns
+    -------
+    Model
+        Components for the seeds found in at least one batch (others are dropped).
+    """
+    h, w = source.shape
+    batches = source.batches
+    model = empty_model((h, w), batches)
+    n, nb = len(seeds), len(batches)
+    if n == 0:
+        return model
+    T = model.C.shape[1]
+    P = h * w
+    C = np.zeros((n, T), np.float32)
+    C_raw = np.zeros((n, T), np.float32)
+    S = np.zeros((n, T), np.float32)
+    sn = np.zeros((n, nb), np.float32)
+    g = np.full((n, nb, ar_order(opts.deconv_options)), np.nan)
+    parts_pix, parts_seed, parts_val = [], [], []
+    found = np.zeros((n, nb), bool)
+    for b in range(nb):
+        HY = centred_pixels(source.frames(b))
+        cols = model.frames(b)
+        for i, (y, x) in enumerate(seeds):
+            res = init_seed(HY, (h, w), int(y), int(x), opts.box_radius, opts.deconv_flag, opts.deconv_options,
+                            min_pnr=opts.min_pnr)
+            if res is None:
+                continue
+            pix, a, c_raw, fit = res
+            HY[pix] -= a[:, None] * fit.c[None, :]
+            parts_pix.append(pix)
+            parts_seed.append(np.full(pix.size, i))
+            parts_val.append(a)
+            C[i, cols], C_raw[i, cols], S[i, cols] = fit.c, c_raw, fit.s
+            sn[i, b] = fit.sn
+            g[i, b] = fit.g
+            found[i, b] = True
+        del HY
+    keep = np.flatnonzero(found.any(axis=1))
+    if not keep.size:
+        return model
+    n_found = found.sum(axis=1).astype(np.float32)
+    seed_of = np.concatenate(parts_seed)
+    acc = sp.csc_matrix((np.concatenate(parts_val) / n_found[seed_of], (np.concatenate(parts_pix), seed_of)),
+                        shape=(P, n))  # duplicate entries (one per batch) are summed
+    A = sp.csc_matrix(acc[:, keep])
+    A, _ = normalize_footprints(A)
+    return Model((h, w), list(batches), A, C[keep], C_raw[keep], S[keep], np.asarray(ids)[keep].astype(np.int64),
+                 sn[keep], g[keep])

@@ -1,0 +1,122 @@
+"""Search of the residual for neurons the seeding missed.
+
+After the first refinement iteration the residual ``R_b = Y_b - A C_b - B_b`` of every
+batch is summarised like the data's projections (PNR = maximum of a 10-frame running mean
+over the noise level - a mean rather than CaliAli's median, for speed; correlation image =
+mean correlation with the 8 neighbours after zeroing values below 3 noise levels; max over
+batches), and the
+correlation image is put on the scale ``min_corr`` thresholds by applying the transform
+of the block's own data (``(Cn - mode)^2 / max``, CaliAli's ``adjust_C``).  New seeds
+are local maxima of ``Cn * PNR`` above ``min_corr`` and ``min_pnr``, outside existing
+footprints (where they exceed 20 % of their peak).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from califlow.cnmfe.background import background_frames
+from califlow.cnmfe.data import InMemorySource
+from califlow.cnmfe.model import Model
+from califlow.cnmfe.seeds import find_seeds
+
+#: Residual seeds may not lie where an existing footprint exceeds this fraction of its peak.
+RESIDUAL_EXCLUDE = 0.2
+
+__all__ = ["residual_source", "residual_seeds", "correlation_pnr", "window_mean_peak"]
+
+def residual_source(source: InMemorySource, model: Model, fitter, cache_bytes: int | None = 0) -> InMemorySource:
+    """The residual ``Y_b - A C_b - B_b`` of every batch, computed when a batch is asked for.
+
+    ``cache_bytes`` residual batches are kept once computed (None: all, 0: none).
+    """
+
+    def load(b: int) -> np.ndarray:
+        Y = source.frames(b)
+        C_b = model.C[:, model.frames(b)]
+        op = fitter.ring_operator(model, b)
+        b0 = fitter.baseline(model, b)
+        R = Y - (background_frames(Y, model.A, C_b, b0, op) if op is not None else b0[None, :])
+        if model.K:
+            R -= np.asarray(model.A @ C_b).T
+        return R
+
+    return InMemorySource(load, source.batches, shape=source.shape, cache_bytes=cache_bytes)
+
+
+def window_mean_peak(Y: np.ndarray, k: int) -> np.ndarray:
+    """Largest mean of ``k`` consecutive frames of every column of Y (T, P).
+
+    Means over windows starting at multiples of ``k // 2`` (two staggered reshapes), which
+    is within half a window of the exact running maximum and costs two passes.
+    """
+    T = Y.shape[0]
+    k = max(1, min(int(k), T))
+    best = None
+    for off in sorted({0, k // 2}):
+        n = (T - off) // k
+        if n < 1:
+            continue
+        m = Y[off:off + n * k].reshape(n, k, -1).mean(axis=1).max(axis=0)
+        best = m if best is None else np.maximum(best, m)
+    return best
+
+
+def correlation_pnr(frames: np.ndarray, shape: tuple[int, int], sn: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Raw correlation image and PNR of one batch, (T, P) frames of an (h, w) block.
+
+    Returns
+    -------
+    cn_raw : ndarray (h, w)
+        8-neighbour correlation image (:class:`califlow.motion.projections.CorrelationAccumulator`)
+        of the mean-subtracted frames with values below 3 noise levels zeroed, before
+        CaliAli's mode adjustment.
+    pnr : ndarray (h, w)
+        Peak of the 10-frame mean (:func:`window_mean_peak`) over the noise level ``sn``.
+    """
+    from califlow.motion.projections import PNR_MEDIAN_FRAMES, CorrelationAccumulator
+
+    Y = np.asarray(frames, dtype=np.float32)
+    Y = Y - Y.mean(axis=0)
+    sn = np.maximum(np.asarray(sn, np.float32), 1e-6)
+    pnr = (window_mean_peak(Y, PNR_MEDIAN_FRAMES) / sn).astype(np.float32).reshape(shape)
+    acc = CorrelationAccumulator(shape)
+    acc.add(np.where(Y < 3 * sn, 0, Y).reshape(-1, *shape))
+    return acc.image(), pnr
+
+
+def residual_seeds(res: InMemorySource, source: InMemorySource, model: Model, fitter, opts,
+                   cn_block: np.ndarray, allowed: np.ndarray | None = None) -> np.ndarray:
+    """Seeds (block coordinates, brightest first) of neurons left in the residual ``res`` of ``source``.
+
+    ``cn_block`` is the global seeding Cn over the block: the residual's correlation image
+    (mode-adjusted like the data's) is scaled so that the block's data reach the same
+    maximum, which puts it on the scale ``min_corr`` thresholds.  ``allowed`` (h, w) bool
+    restricts where seeds may lie (e.g. off blood vessels).
+    """
+    from califlow.motion.projections import adjust_cn, finish_cn, median_filter_zero
+
+    cn_d = pnr_r = cn_r = None
+    for b in range(len(source.batches)):
+        sn = fitter.summaries[b].sn
+        cd, _ = correlation_pnr(source.frames(b), source.shape, sn)
+        cr, pr = correlation_pnr(res.frames(b), source.shape, sn)
+        cn_d = cd if cn_d is None else np.maximum(cn_d, cd)
+        cn_r = cr if cn_r is None else np.maximum(cn_r, cr)
+        pnr_r = pr if pnr_r is None else np.maximum(pnr_r, pr)
+    _, scale_d = finish_cn(cn_d)
+    if scale_d <= 0:
+        return np.zeros((0, 2), np.int64)
+    cn_scaled = median_filter_zero(adjust_cn(cn_r)) / scale_d * float(np.max(cn_block))
+    # not inside the body of an existing footprint (its leftovers are not new neurons)
+    taken = np.zeros(source.n_pixels, bool)
+    if model.K:
+        A = model.A.tocsc()
+        taken[A.indices[A.data > RESIDUAL_EXCLUDE]] = True
+    mask = ~taken.reshape(source.shape)
+    if allowed is not None:
+        mask &= allowed
+    seeds, _ = find_seeds(cn_scaled, pnr_r, min_corr=opts.min_corr, min_pnr=opts.min_pnr,
+                          window=opts.local_max_window, mask=mask, min_contrast=opts.min_contrast,
+                          contrast_window=opts.contrast_window)
+    return seeds

@@ -1,0 +1,16 @@
+"""Exceptions with messages that name the culprit (file, frame or parameter)."""
+
+from califlow.params import ConfigError
+
+__all__ = ["CaliflowError", "InputError", "ConfigError"]
+
+
+class CaliflowError(Exception):
+    """Base class of califlow's own errors."""
+
+
+class InputError(CaliflowError, ValueError):
+    """An input file, folder or sheet entry cannot be used as given.
+
+    The message names the file (and the frame, where one is at fault) and says what to do.
+    """

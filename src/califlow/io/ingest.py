@@ -1,0 +1,289 @@
+"""Ingest: read a recording, downsample it, write the session's ``ingest.zarr`` store.
+
+The movie is streamed chunk by chunk (memory set by ``chunk_frames``, not by the movie's
+length); the frame count is discovered while streaming and the Zarr array resized at the
+end. Everything is written under a temporary name and renamed only when complete, so an
+error (truncated file, timestamp mismatch...) leaves no store behind.
+
+Dropped frames (see :mod:`califlow.io.sources`) are left out of the temporal block means;
+an output frame whose whole block was dropped is filled by linear interpolation in time
+between the nearest recorded output frames (held constant before the first and after the
+last) and listed in the ``interpolated_frames`` attribute, so later steps get a finite movie
+on a uniform time grid and know which frames were not measured.
+
+Store layout
+------------
+``movie``       (T, H, W) float32, chunks (100, 64, 64), blosc-zstd bit-shuffle
+``timestamps``  (T,) float64 seconds since the first frame (block means), when known
+attrs           fps (after temporal_ds), n_frames, source_files, frames_per_file,
+                dropped_frames (raw grid indices), interpolated_frames (output indices),
+                file_order, spatial_ds, temporal_ds, raw_shape, raw_dtype, crop, gaps,
+                timing, reader, provenance (califlow version, params, inputs)
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from pathlib import Path
+from typing import Iterator, Mapping
+
+import numpy as np
+import zarr
+
+from califlow.errors import ConfigError, InputError
+from califlow.io.readers import open_movie
+from califlow.io.sources import MovieSource
+from califlow.io.store import (MOVIE_CHUNKS, FrameWriter, atomic_output, create_image, create_movie,
+                               set_provenance, to_jsonable)
+from califlow.preprocess.downsample import downsample, downsampled_shape
+
+__all__ = ["ingest", "ingest_source", "auto_chunk_frames"]
+
+log = logging.getLogger(__name__)
+
+READ_BUDGET_BYTES = 64 * 2**20  # one raw chunk plus its float32 spatially downsampled copy
+
+
+def auto_chunk_frames(height: int, width: int, itemsize: int, temporal_ds: int, spatial_ds: int = 1,
+                      budget_bytes: int = READ_BUDGET_BYTES) -> int:
+    """Raw frames per read so a native chunk and its float32 downsampled copy fit ``budget_bytes``.
+
+    A multiple of ``temporal_ds`` (no averaging block straddles two reads), at least one block.
+    Peak memory of :func:`ingest` is about this budget plus two (100, H/s, W/s) float32
+    write buffers plus Zarr's encoding of one of them, independent of the movie length.
+    """
+    s = int(spatial_ds)
+    per_frame = height * width * itemsize + (height // s) * (width // s) * 4
+    n = max(1, budget_bytes // max(per_frame, 1))
+    k = int(temporal_ds)
+    return max(k, (n // k) * k)
+
+
+def _positive_int(value, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or int(value) < 1:
+        raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")
+    return int(value)
+
+
+class _DroppedFiller:
+    """Replaces output frames that hold no measurement by linear interpolation in time."""
+
+    def __init__(self, batch: int, source: str):
+        self.batch = max(1, int(batch))
+        self.source = source
+        self.last: np.ndarray | None = None
+        self.pending = 0
+        self.filled: list[int] = []
+        self.pos = 0
+
+    def _interpolate(self, nxt: np.ndarray | None) -> Iterator[np.ndarray]:
+        p, last = self.pending, self.last
+        for b0 in range(0, p, self.batch):
+            m = min(self.batch, p - b0)
+            if last is None:
+                block = np.broadcast_to(nxt, (m, *nxt.shape)).copy()
+            elif nxt is None:
+                block = np.broadcast_to(last, (m, *last.shape)).copy()
+            else:
+                w = (np.arange(b0 + 1, b0 + m + 1, dtype=np.float32) / np.float32(p + 1))[:, None, None]
+                block = last + w * (nxt - last)
+            yield block.astype(np.float32, copy=False)
+        self.pending = 0
+
+    def feed(self, frames: np.ndarray, missing: np.ndarray) -> Iterator[np.ndarray]:
+        """Yield ``frames`` in order with the ``missing`` ones filled (may lag until the next measured frame)."""
+        if not missing.any():
+            if self.pending:
+                yield from self._interpolate(frames[0])
+            self.pos += frames.shape[0]
+            self.last = frames[-1].copy()
+            yield frames
+            return
+        edges = np.flatnonzero(np.diff(missing.astype(np.int8))) + 1
+        bounds = np.concatenate([[0], edges, [missing.size]])
+        for a, b in zip(bounds[:-1], bounds[1:]):
+            if missing[a]:
+                self.filled.extend(range(self.pos + a, self.pos + b))
+                self.pending += int(b - a)
+            else:
+                if self.pending:
+                    yield from self._interpolate(frames[a])
+                self.last = frames[b - 1].copy()
+                yield frames[a:b]
+        self.pos += frames.shape[0]
+
+    def finish(self) -> Iterator[np.ndarray]:
+        if self.pending:
+            if self.last is None:
+                raise InputError(f"{self.source}: every frame is dropped; there is nothing to ingest")
+            yield from self._interpolate(None)
+
+
+def _dropped_mask(dropped: np.ndarray, start: int, n: int) -> np.ndarray:
+    mask = np.zeros(n, dtype=bool)
+    lo, hi = np.searchsorted(dropped, [start, start + n])
+    mask[dropped[lo:hi] - start] = True
+    return mask
+
+
+def _stream(source: MovieSource, writer: FrameWriter, s: int, k: int, n_read: int,
+            label: str) -> tuple[int, int, list[np.ndarray], list[int]]:
+    """Read, downsample, fill dropped frames and hand blocks to ``writer``.
+
+    Returns raw frames read, non-finite measured pixels, block timestamps, filled output indices.
+    """
+    dropped = source.dropped
+    t_claim = source.shape[0]
+    filler = _DroppedFiller(MOVIE_CHUNKS[0], label)
+    t0 = last_report = time.monotonic()
+    n_raw = 0
+    nonfinite = 0
+    ts_out: list[np.ndarray] = []
+    for start, chunk in source.iter_chunks(n_read):
+        n = chunk.shape[0]
+        valid = None
+        if dropped.size:
+            mask = _dropped_mask(dropped, start, n)
+            valid = ~mask if mask.any() else None
+        times = source.timestamps[start:start + n] if source.timestamps is not None else None
+        small, block_times = downsample(chunk, s, k, valid=valid, timestamps=times)
+        del chunk
+        if block_times is not None:
+            ts_out.append(block_times)
+        missing = (np.zeros(small.shape[0], bool) if valid is None
+                   else np.add.reduceat(valid.astype(np.int32), np.arange(0, n, k)) == 0)
+        if source.native_dtype == np.float32:
+            measured = small[~missing] if missing.any() else small
+            nonfinite += int(measured.size - np.count_nonzero(np.isfinite(measured)))
+        for block in filler.feed(small, missing):
+            writer.write(block)
+        n_raw += n
+        now = time.monotonic()
+        if now - last_report >= 10.0:
+            rate = n_raw / (now - t0)
+            eta = (t_claim - n_raw) / rate if rate > 0 and t_claim > n_raw else 0.0
+            log.info("ingest %s: %d/%d frames, %.0f frames/s, ETA %.0f s", label, n_raw, t_claim, rate, eta)
+            last_report = now
+    for block in filler.finish():
+        writer.write(block)
+    return n_raw, nonfinite, ts_out, filler.filled
+
+
+def ingest_source(source: MovieSource, out_path, *, spatial_ds: int = 1, temporal_ds: int = 1,
+                  chunk_frames: int | None = None, default_fps: float | None = None,
+                  params: Mapping | None = None, inputs=None) -> dict:
+    """Downsample an open :class:`MovieSource` into an ``ingest.zarr`` store at ``out_path``.
+
+    See :func:`ingest` (this is its body, for sources opened by the caller).
+    """
+    s = _positive_int(spatial_ds, "downsampling.spatial_ds")
+    k = _positive_int(temporal_ds, "downsampling.temporal_ds")
+    t_claim, height, width = source.shape
+    h, w = downsampled_shape(height, width, s)
+    if chunk_frames is None:
+        n_read = auto_chunk_frames(height, width, np.dtype(source.dtype).itemsize, k, s)
+    else:
+        n_read = _positive_int(chunk_frames, "chunk_frames")
+        n_read = max(k, (n_read // k) * k)
+    label = str(source.metadata.get("path", source.files[0]))
+    fps = source.fps
+    fps_from = source.metadata.get("fps_from") or ("file timing" if fps else None)
+    if fps is None and default_fps:
+        fps, fps_from = float(default_fps), "default (general.sf)"
+        log.warning("%s: no timestamps and no frame rate given; using the default %.3f fps", label, fps)
+    dropped = source.dropped
+    out_claim = max(math.ceil(t_claim / k), 1)
+    t0 = time.monotonic()
+    out_path = Path(out_path)
+    with atomic_output(out_path) as tmp:
+        group = zarr.open_group(str(tmp), mode="w")
+        movie = create_movie(group, "movie", (max(out_claim, MOVIE_CHUNKS[0]), h, w))
+        writer = FrameWriter(movie, movie.chunks[0])
+        try:
+            n_raw, nonfinite, ts_out, filled = _stream(source, writer, s, k, n_read, label)
+            n_out = writer.close()
+        finally:
+            writer.stop()
+        if n_out == 0:
+            raise InputError(f"{label}: no frame was read")
+        timestamps = np.concatenate(ts_out) if ts_out else None
+        if timestamps is not None:
+            create_image(group, "timestamps", timestamps.astype(np.float64))
+        if nonfinite:
+            log.warning("%s: %d non-finite pixel values in recorded frames were kept as they are", label, nonfinite)
+        meta = source.metadata
+        attrs = {
+            "fps": None if fps is None else fps / k,
+            "fps_raw": fps,
+            "fps_from": fps_from,
+            "n_frames": int(n_out),
+            "source_files": [str(p) for p in source.files],
+            "file_order": meta.get("file_order"),
+            "frames_per_file": meta.get("frames_per_file"),
+            "header_frames_per_file": meta.get("header_frames_per_file"),
+            "dropped_frames": dropped.tolist(),
+            "interpolated_frames": filled,
+            "gaps": meta.get("gaps", []),
+            "spatial_ds": s,
+            "temporal_ds": k,
+            "raw_shape": [int(n_raw), int(height), int(width)],
+            "raw_dtype": str(source.native_dtype),
+            "crop": {"rows_dropped": int(height - h * s), "cols_dropped": int(width - w * s)},
+            "reader": meta.get("reader"),
+            "timing": {"source": meta.get("timing_source"),
+                       "first_s": None if timestamps is None else float(timestamps[0]),
+                       "last_s": None if timestamps is None else float(timestamps[-1]),
+                       "start_s": meta.get("start_s")},
+            "nonfinite_pixels": nonfinite,
+            "chunk_frames": int(n_read),
+        }
+        attrs = to_jsonable(attrs)
+        group.attrs.update(attrs)
+        set_provenance(group, params, inputs if inputs is not None else [str(p) for p in source.files], step="ingest")
+    elapsed = time.monotonic() - t0
+    log.info("ingest %s -> %s: %d raw frames -> %d frames of %dx%d in %.1f s (%.0f frames/s)", label, out_path,
+             n_raw, n_out, h, w, elapsed, n_raw / max(elapsed, 1e-9))
+    return attrs
+
+
+def ingest(source_path: str | os.PathLike, out_path: str | os.PathLike, *, spatial_ds: int = 1,
+           temporal_ds: int = 1, file_extension: str = "avi", fps: float | None = None,
+           chunk_frames: int | None = None, params: Mapping | None = None,
+           default_fps: float | None = None) -> dict:
+    """Read a recording, downsample it and write ``ingest.zarr``.
+
+    Parameters
+    ----------
+    source_path : path-like
+        Anything :func:`califlow.io.open_movie` reads (file or chunk folder).
+    out_path : path-like
+        The store to write (replaced atomically; nothing is left on error).
+    spatial_ds, temporal_ds : int
+        Block-mean factors (:mod:`califlow.preprocess.downsample`).
+    file_extension : str
+        Chunk-file extension for folders.
+    fps : float, optional
+        Frame rate from the sessions sheet (used when the recording has no timestamps).
+    chunk_frames : int, optional
+        Raw frames per read (rounded down to a multiple of ``temporal_ds``); default from a
+        64 MiB read budget (:func:`auto_chunk_frames`).
+    params : mapping, optional
+        Resolved configuration, recorded as provenance.
+    default_fps : float, optional
+        Frame rate when neither the recording nor ``fps`` gives one (config ``general.sf``;
+        taken from ``params["general"]["sf"]`` when not given).
+
+    Returns
+    -------
+    dict
+        The store's attributes (fps, n_frames, frames_per_file, dropped_frames...).
+    """
+    if default_fps is None and params is not None:
+        default_fps = (params.get("general") or {}).get("sf")
+    source = open_movie(source_path, file_extension=file_extension, fps=fps)
+    return ingest_source(source, out_path, spatial_ds=spatial_ds, temporal_ds=temporal_ds,
+                         chunk_frames=chunk_frames, default_fps=default_fps, params=params,
+                         inputs=[str(source_path)])

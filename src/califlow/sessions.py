@@ -1,0 +1,188 @@
+"""The sessions sheet: one row per recording session, grouped by animal.
+
+Columns: ``animal``, ``session``, ``path`` (required), ``fps`` and ``order`` (optional).
+:func:`read_sessions` validates the sheet before any work starts and returns it sorted by
+animal and by concatenation order; every problem is reported with its row, animal, session
+and path.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Iterable
+
+import pandas as pd
+
+from califlow.errors import InputError
+from califlow.params import sessions_schema
+
+__all__ = ["REQUIRED_COLUMNS", "OPTIONAL_COLUMNS", "read_sessions", "sessions_from_files",
+           "validate_sessions", "write_sessions"]
+
+REQUIRED_COLUMNS = ("animal", "session", "path")
+OPTIONAL_COLUMNS = ("fps", "order")
+_NAME = re.compile(sessions_schema()["properties"]["animal"]["pattern"])
+
+
+def _row_label(row: pd.Series, index: int) -> str:
+    return f"row {index + 2} (animal {row.get('animal')!r}, session {row.get('session')!r})"
+
+
+def validate_sessions(sheet: pd.DataFrame, *, source: str = "sessions sheet",
+                      check_paths: bool = True, base_dir: str | Path = ".",
+                      may_be_missing: Iterable[str | Path] = (),
+                      file_extension: str | None = None) -> pd.DataFrame:
+    """Validate a sessions table and return it normalised and sorted.
+
+    Parameters
+    ----------
+    sheet : DataFrame
+        Table with at least ``animal``, ``session``, ``path``.
+    source : str
+        Name used in error messages (the sheet's file name).
+    check_paths : bool
+        Require every ``path`` to exist (relative to ``base_dir``).
+    may_be_missing : iterable of path prefixes
+        Paths under these prefixes may be absent (the workflow simulates the demo cohort).
+    file_extension : str, optional
+        When given, every existing recording is also probed without decoding
+        (:func:`califlow.io.probe_recording`: empty files or folders, unsupported types).
+
+    Returns
+    -------
+    DataFrame
+        Columns animal, session, path, fps (float or NaN), order (int); sorted by animal,
+        then order (sheet order when ``order`` is empty); index ``(animal, session)``.
+
+    Raises
+    ------
+    InputError
+        Naming the row, the column and the value at fault.
+    """
+    sheet = sheet.reset_index(drop=True)
+    sheet.columns = [str(c).strip() for c in sheet.columns]
+    unknown = [c for c in sheet.columns if c not in REQUIRED_COLUMNS + OPTIONAL_COLUMNS]
+    missing = [c for c in REQUIRED_COLUMNS if c not in sheet.columns]
+    if missing or unknown:
+        parts = []
+        if missing:
+            parts.append(f"missing column(s) {', '.join(map(repr, missing))}")
+        if unknown:
+            parts.append(f"unknown column(s) {', '.join(map(repr, unknown))}")
+        raise InputError(f"{source}: {'; '.join(parts)}; expected columns "
+                         f"{', '.join(REQUIRED_COLUMNS)} and optionally {', '.join(OPTIONAL_COLUMNS)}")
+    if sheet.empty:
+        raise InputError(f"{source}: the sheet has no sessions")
+    for col in ("fps", "order"):
+        if col not in sheet.columns:
+            sheet[col] = None
+    prefixes = [Path(p) for p in may_be_missing]
+    base = Path(base_dir)
+    for i, row in sheet.reset_index(drop=True).iterrows():
+        label = _row_label(row, i)
+        for col in ("animal", "session", "path"):
+            value = row[col]
+            if pd.isna(value) or str(value).strip() == "":
+                raise InputError(f"{source}: {label}: column {col!r} is empty")
+        for col in ("animal", "session"):
+            if not _NAME.match(str(row[col])):
+                raise InputError(f"{source}: {label}: {col} {str(row[col])!r} is not allowed; use letters, "
+                                 "digits, '_', '-' or '.', starting with a letter or digit")
+        fps = row["fps"]
+        if not (fps is None or pd.isna(fps)):
+            try:
+                fps_value = float(fps)
+            except (TypeError, ValueError):
+                raise InputError(f"{source}: {label}: fps {fps!r} is not a number") from None
+            if not fps_value > 0:
+                raise InputError(f"{source}: {label}: fps {fps!r} is not allowed; it must be > 0")
+        order = row["order"]
+        if not (order is None or pd.isna(order)):
+            try:
+                if float(order) != int(float(order)):
+                    raise ValueError
+            except (TypeError, ValueError):
+                raise InputError(f"{source}: {label}: order {order!r} is not an integer") from None
+        if check_paths:
+            path = Path(str(row["path"]))
+            full = path if path.is_absolute() else base / path
+            exempt = any(_is_under(path, p) for p in prefixes)
+            if not exempt and not full.exists():
+                raise InputError(f"{source}: {label}: path {str(row['path'])!r} does not exist")
+            if file_extension is not None and full.exists():
+                from califlow.io.readers import probe_recording
+
+                try:
+                    probe_recording(full, file_extension=file_extension)
+                except InputError as exc:
+                    raise InputError(f"{source}: {label}: {exc}") from None
+    sheet["animal"] = sheet["animal"].astype(str).str.strip()
+    sheet["session"] = sheet["session"].astype(str).str.strip()
+    sheet["path"] = sheet["path"].astype(str).str.strip()
+    dup = sheet.duplicated(["animal", "session"], keep=False)
+    if dup.any():
+        rows = [int(i) + 2 for i in sheet.index[dup.to_numpy()]]
+        pairs = sorted({(a, s) for a, s in sheet.loc[dup, ["animal", "session"]].itertuples(index=False)})
+        raise InputError(f"{source}: duplicate session name(s) {', '.join(f'{a}/{s}' for a, s in pairs)}"
+                         + (f" (rows {', '.join(map(str, rows))})" if rows else "")
+                         + "; each session of an animal needs a unique name")
+    sheet["fps"] = pd.to_numeric(sheet["fps"], errors="coerce").astype(float)
+    sheet["sheet_position"] = range(len(sheet))
+    order = pd.to_numeric(sheet["order"], errors="coerce")
+    sheet["order"] = order.fillna(pd.Series(range(len(sheet)), index=sheet.index) + 10**9).astype(int)
+    for animal, group in sheet.groupby("animal"):
+        explicit = group["order"][group["order"] < 10**9]
+        if explicit.duplicated().any():
+            raise InputError(f"{source}: animal {animal!r}: two sessions share the same order value "
+                             f"{int(explicit[explicit.duplicated()].iloc[0])}")
+    sheet = sheet.sort_values(["animal", "order", "sheet_position"], kind="stable")
+    sheet["order"] = sheet.groupby("animal").cumcount()
+    sheet = sheet.drop(columns="sheet_position")
+    return sheet.set_index(["animal", "session"], drop=False)
+
+
+def _is_under(path: Path, prefix: Path) -> bool:
+    try:
+        path.resolve().relative_to(prefix.resolve())
+        return True
+    except ValueError:
+        return False
+
+
+def read_sessions(path: str | Path, **kwargs) -> pd.DataFrame:
+    """Read and validate a sessions sheet (TSV, or CSV by extension). See :func:`validate_sessions`."""
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"sessions sheet {p} does not exist (set `sessions:` in the config, or run "
+                         "`califlow init DATA_DIR` to write one)")
+    sep = "," if p.suffix.lower() == ".csv" else "\t"
+    try:
+        sheet = pd.read_csv(p, sep=sep, dtype=str, comment="#", skip_blank_lines=True,
+                            keep_default_na=False, na_values=[""])
+    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise InputError(f"sessions sheet {p} cannot be parsed: {exc}") from None
+    except pd.errors.EmptyDataError:
+        raise InputError(f"sessions sheet {p} is empty") from None
+    return validate_sessions(sheet, source=f"sessions sheet {p}", **kwargs)
+
+
+def sessions_from_files(input_files: list[str], output_files: list[str] | None = None,
+                        animal: str = "animal") -> pd.DataFrame:
+    """Build a one-animal sessions table from ``general.input_files`` (CaliAli style).
+
+    Session names come from ``output_files`` when given, else from the file or folder names.
+    """
+    names = list(output_files or [])
+    if not names:
+        names = [re.sub(r"[^A-Za-z0-9_.-]", "_", Path(f).stem or Path(f).name) for f in input_files]
+    return pd.DataFrame({"animal": animal, "session": names, "path": list(input_files)})
+
+
+def write_sessions(sheet: pd.DataFrame, path: str | Path) -> Path:
+    """Write a sessions table as TSV (columns animal, session, path, fps, order where present)."""
+    cols = [c for c in REQUIRED_COLUMNS + OPTIONAL_COLUMNS if c in sheet.columns]
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    sheet.reset_index(drop=True)[cols].to_csv(p, sep="\t", index=False)
+    return p

@@ -1,0 +1,173 @@
+"""Bad input, end to end through the workflow: each case stops with a message naming the
+culprit (before any job, or in the job that reads it) and leaves no half-written output, or
+is handled as documented (dropped frames, sessions of different field-of-view sizes)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+from test_io_helpers import gapped_times_ms, movie_u8, write_avi, write_miniscope_v4
+from workflow_helpers import make_workdir, run_snakemake
+
+pytestmark = pytest.mark.timeout(900)
+
+INGEST = "results/m1/sessions/s1/ingest.json"
+
+
+def _sheet(rows):
+    return "animal\tsession\tpath\n" + "".join(f"{a}\t{s}\t{p}\n" for a, s, p in rows)
+
+
+def _no_leftovers(work: Path):
+    res = work / "results"
+    if res.exists():
+        left = [p for p in res.rglob("*") if ".tmp-" in p.name or p.name == "ingest.zarr"]
+        assert left == [], left
+
+
+def _run(work, *targets, extra=()):
+    return run_snakemake(work, *targets, *extra, cores=1, check=False, timeout=600)
+
+
+# --- cases that stop before any job runs (sheet, config and path checks) -------------------
+
+def _missing_file(d):
+    return _sheet([("m1", "s1", d / "nope.avi")]), "", "path", "does not exist"
+
+
+def _empty_folder(d):
+    (d / "empty").mkdir()
+    return _sheet([("m1", "s1", d / "empty")]), "", "empty", "no *.avi chunk files"
+
+
+def _zero_frame_session(d):
+    (d / "zero.avi").write_bytes(b"")
+    return _sheet([("m1", "s1", d / "zero.avi")]), "", "zero.avi", "the file is empty (0 bytes)"
+
+
+def _duplicate_sessions(d):
+    write_avi(d / "a.avi", movie_u8(5, 16, 16))
+    return (_sheet([("m1", "s1", d / "a.avi"), ("m1", "s1", d / "a.avi")]), "", "m1/s1",
+            "duplicate session name(s) m1/s1")
+
+
+def _sheet_typo(d):
+    return "animal\tsesion\tpath\nm1\ts1\tx.avi\n", "", "sesion", "unknown column(s) 'sesion'"
+
+
+def _out_of_range_parameter(d):
+    write_avi(d / "a.avi", movie_u8(5, 16, 16))
+    return (_sheet([("m1", "s1", d / "a.avi")]), "cnmfe:\n  min_corr: 1.5\n", "cnmfe.min_corr",
+            "value 1.5 is not allowed")
+
+
+@pytest.mark.parametrize("case", [_missing_file, _empty_folder, _zero_frame_session, _duplicate_sessions,
+                                  _sheet_typo, _out_of_range_parameter], ids=lambda f: f.__name__[1:])
+def test_stops_before_any_job(tmp_path, case):
+    sheet, extra, culprit, message = case(tmp_path)
+    work = make_workdir(tmp_path / "work", sheet=sheet, config_extra=extra)
+    proc = _run(work, "-n")
+    assert proc.returncode != 0
+    assert message in proc.stdout and culprit in proc.stdout, proc.stdout[-2000:]
+    assert not (work / "results").exists()
+
+
+# --- cases found by the job that reads the recording --------------------------------------
+
+def _unreadable_video(d):
+    (d / "junk.avi").write_bytes(np.random.default_rng(0).integers(0, 255, 5000, dtype=np.uint8).tobytes())
+    return d / "junk.avi", "junk.avi", "cannot be opened as a video"
+
+
+def _truncated_tiff(d):
+    path = d / "cut.tif"
+    tifffile.imwrite(path, movie_u8(20, 32, 32), photometric="minisblack")
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    return path, "cut.tif", "truncated"
+
+
+def _mixed_dtypes(d):
+    folder = d / "tifs"
+    folder.mkdir()
+    tifffile.imwrite(folder / "0.tif", movie_u8(6, 16, 16), photometric="minisblack")
+    tifffile.imwrite(folder / "1.tif", movie_u8(6, 16, 16).astype(np.uint16) * 200, photometric="minisblack")
+    return folder, "1.tif", "differs from uint8"
+
+
+def _non_monotonic_timestamps(d):
+    t = np.arange(30) * 50.0 + 1000
+    t[12], t[13] = t[13], t[12]
+    folder = write_miniscope_v4(d / "ms", movie_u8(30, 24, 24), t)
+    return folder, "timeStamps.csv", "not monotonic"
+
+
+@pytest.mark.parametrize("case", [_unreadable_video, _truncated_tiff, _mixed_dtypes, _non_monotonic_timestamps],
+                         ids=lambda f: f.__name__[1:])
+def test_reading_job_fails_with_culprit_and_leaves_nothing(tmp_path, case):
+    path, culprit, message = case(tmp_path)
+    extra = "downsampling:\n  file_extension: tif\n" if case is _mixed_dtypes else ""
+    work = make_workdir(tmp_path / "work", sheet=_sheet([("m1", "s1", path)]), config_extra=extra)
+    proc = _run(work, INGEST)
+    assert proc.returncode != 0
+    log = (work / "logs" / "m1" / "s1" / "ingest.log").read_text()
+    assert message in log and culprit in log, log[-2000:]
+    assert not (work / INGEST).exists()
+    _no_leftovers(work)
+
+
+# --- handled as documented -----------------------------------------------------------------
+
+def test_dropped_frames_are_kept_on_the_time_grid(tmp_path):
+    fps = 20.0
+    times = gapped_times_ms(40, fps, {9: 2})          # 2 frames lost after recorded frame 9
+    folder = write_miniscope_v4(tmp_path / "ms", movie_u8(40, 24, 24), times)
+    work = make_workdir(tmp_path / "work", sheet=_sheet([("m1", "s1", folder)]))
+    proc = _run(work, INGEST)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    summary = json.loads((work / INGEST).read_text())
+    assert summary["n_frames"] == 42 and summary["dropped_frames"] == [10, 11]
+    assert summary["interpolated_frames"] == [10, 11]
+    assert abs(summary["fps"] - fps) < 0.5
+
+
+def _sim_tiffs(d, shapes):
+    from califlow.simulate import preset, simulate_animal
+
+    animal = simulate_animal(preset("demo", n_sessions=len(shapes), frames_per_session=120,
+                                    footprint_source="gaussian"), seed=3)
+    rows = []
+    for s, (h, w) in enumerate(shapes):
+        frames = animal.session_frames(s)
+        H, W = frames.shape[1:]
+        y0, x0 = (H - h) // 2, (W - w) // 2
+        path = d / f"s{s + 1}.tif"
+        tifffile.imwrite(path, frames[:, y0:y0 + h, x0:x0 + w], photometric="minisblack")
+        rows.append(("m1", f"s{s + 1}", path))
+    return _sheet(rows)
+
+
+def test_sessions_of_different_fov_size(tmp_path):
+    """A few pixels of difference are aligned and cropped; a large difference is refused."""
+    work = make_workdir(tmp_path / "ok", sheet=_sim_tiffs(tmp_path, [(160, 160), (160, 148)]))
+    proc = _run(work, "results/m1/aligned.zarr", extra=("--cores", "2"))
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    import zarr
+
+    movie = zarr.open_group(str(work / "results/m1/aligned.zarr"), mode="r")["movie"]
+    assert movie.shape[0] == 240 and movie.shape[2] <= 148
+
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    work = make_workdir(tmp_path / "bad_work", sheet=_sim_tiffs(bad, [(160, 160), (160, 90)]))
+    proc = _run(work, "results/m1/aligned.zarr", extra=("--cores", "2"))
+    assert proc.returncode != 0
+    log = (work / "logs" / "m1" / "align_sessions.log").read_text()
+    assert "differ in frame size" in log and "s2" in log, log[-2000:]
+    assert not (work / "results/m1/alignment.zarr").exists()
+    _no_leftovers(work)

@@ -1,0 +1,171 @@
+"""Downsampling (califlow.preprocess.downsample) and ingest to ingest.zarr against direct numpy references."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+import tifffile
+import zarr
+
+from califlow import __version__
+from califlow.errors import ConfigError, InputError
+from califlow.io.ingest import ingest
+from califlow.io.isxd import write_isxd_movie
+from califlow.preprocess.downsample import downsample_spatial, downsample_temporal
+from test_io_helpers import gapped_times_ms, movie_u8, write_avi, write_miniscope_v4
+
+
+def ref_spatial(frames, s):
+    n, h, w = frames.shape
+    hh, ww = h // s, w // s
+    x = frames[:, :hh * s, :ww * s].astype(np.float64)
+    return x.reshape(n, hh, s, ww, s).mean(axis=(2, 4))
+
+
+def ref_temporal(frames, k, valid):
+    out = []
+    for a in range(0, frames.shape[0], k):
+        v = valid[a:a + k]
+        out.append(frames[a:a + k][v].mean(axis=0) if v.any() else np.full(frames.shape[1:], np.nan))
+    return np.array(out)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32])
+@pytest.mark.parametrize("s", [1, 2, 3, 4])
+def test_spatial_block_mean(dtype, s):
+    rng = np.random.default_rng(s)
+    frames = (rng.random((5, 17, 23)) * 1000).astype(dtype)
+    out = downsample_spatial(frames, s)
+    assert out.dtype == np.float32 and out.shape == (5, 17 // s, 23 // s)
+    np.testing.assert_allclose(out, ref_spatial(frames, s), rtol=1e-6, atol=1e-4)
+
+
+def test_spatial_matches_inter_area_for_divisible_sizes():
+    rng = np.random.default_rng(0)
+    frames = rng.random((3, 24, 36)).astype(np.float32) * 255
+    out = downsample_spatial(frames, 3)
+    area = np.stack([cv2.resize(f, (12, 8), interpolation=cv2.INTER_AREA) for f in frames])
+    np.testing.assert_allclose(out, area, atol=1e-3)
+
+
+def test_spatial_rejects_bad_factor():
+    with pytest.raises(ValueError, match="spatial_ds"):
+        downsample_spatial(np.zeros((1, 4, 4)), 0)
+    with pytest.raises(ValueError, match="larger than"):
+        downsample_spatial(np.zeros((1, 4, 4)), 5)
+
+
+def test_temporal_blocks_trailing_and_dropped():
+    rng = np.random.default_rng(1)
+    frames = rng.random((11, 4, 5)).astype(np.float32)
+    t = np.arange(11) * 0.1
+    out, ts = downsample_temporal(frames, 3, timestamps=t)
+    assert out.shape == (4, 4, 5)
+    np.testing.assert_allclose(out, ref_temporal(frames, 3, np.ones(11, bool)), rtol=1e-6)
+    np.testing.assert_allclose(ts, [0.1, 0.4, 0.7, 0.95])  # last block: frames 9 and 10
+    valid = np.ones(11, bool)
+    valid[[3, 4, 5, 7]] = False
+    frames[~valid] = np.nan
+    out, _ = downsample_temporal(frames, 3, valid=valid)
+    ref = ref_temporal(frames, 3, valid)
+    assert np.isnan(out[1]).all()
+    np.testing.assert_allclose(out[[0, 2, 3]], ref[[0, 2, 3]], rtol=1e-6)
+
+
+def test_ingest_miniscope_with_gap_against_reference(tmp_path):
+    frames = movie_u8(25, 18, 26)  # not multiples of 4: the last 2 rows and columns are cropped
+    times = gapped_times_ms(25, 30.0, {11: 4}, jitter_ms=1.0)  # grid frames 12..15 dropped
+    folder = write_miniscope_v4(tmp_path / "Miniscope", frames, times, frames_per_file=10)
+    out = tmp_path / "ingest.zarr"
+    attrs = ingest(folder, out, spatial_ds=4, temporal_ds=3, chunk_frames=5, params={"downsampling": {"x": 1}})
+    # reference on the 29-frame grid
+    grid = np.full((29, 18, 26), np.nan)
+    keep = np.r_[0:12, 16:29]
+    grid[keep] = frames
+    valid = np.zeros(29, bool)
+    valid[keep] = True
+    ref = ref_temporal(ref_spatial(np.nan_to_num(grid), 4), 3, valid)
+    assert np.isnan(ref[4]).all()  # block 12..14 fully dropped; block 15..17 partly
+    ref[4] = ref[3] + (ref[5] - ref[3]) / 2  # linear interpolation in time
+    g = zarr.open_group(str(out), mode="r")
+    movie = g["movie"][:]
+    assert movie.shape == (10, 4, 6) and movie.dtype == np.float32
+    np.testing.assert_allclose(movie, ref, rtol=1e-5, atol=1e-4)
+    assert attrs["n_frames"] == 10 and attrs["interpolated_frames"] == [4]
+    assert attrs["dropped_frames"] == [12, 13, 14, 15]
+    assert attrs["frames_per_file"] == [10, 10, 5] and attrs["file_order"] == ["0.avi", "1.avi", "2.avi"]
+    assert attrs["raw_shape"] == [29, 18, 26] and attrs["raw_dtype"] == "uint8"
+    assert attrs["crop"] == {"rows_dropped": 2, "cols_dropped": 2}
+    assert attrs["fps"] == pytest.approx(10.0, rel=0.03) and attrs["spatial_ds"] == 4 and attrs["temporal_ds"] == 3
+    ts = g["timestamps"][:]
+    grid_t = np.interp(np.arange(29), keep, (np.round(times) - np.round(times[0])) / 1e3)
+    np.testing.assert_allclose(ts, [grid_t[a:a + 3].mean() for a in range(0, 29, 3)], atol=1e-9)
+    assert g.attrs["califlow_version"] == __version__ and g.attrs["params"] == {"downsampling": {"x": 1}}
+    # chunking does not change the result
+    attrs2 = ingest(folder, tmp_path / "big.zarr", spatial_ds=4, temporal_ds=3, chunk_frames=300)
+    assert np.array_equal(zarr.open_group(str(tmp_path / "big.zarr"), mode="r")["movie"][:], movie)
+    assert attrs2["n_frames"] == 10
+
+
+def test_ingest_isxd_exact_and_leading_trailing_drops(tmp_path):
+    rng = np.random.default_rng(5)
+    movie = rng.integers(0, 60000, size=(9, 6, 8), dtype=np.uint16)
+    path = write_isxd_movie(tmp_path / "m.isxd", movie, period_s=0.1, dropped=[0, 8])
+    attrs = ingest(path, tmp_path / "i.zarr")
+    out = zarr.open_group(str(tmp_path / "i.zarr"), mode="r")["movie"][:]
+    assert np.array_equal(out[1:8], movie[1:8].astype(np.float32))
+    odd = ingest(path, tmp_path / "odd.zarr", spatial_ds=4)  # 6x8 -> 1x2, rows 4-5 cropped
+    small = zarr.open_group(str(tmp_path / "odd.zarr"), mode="r")["movie"][:]
+    np.testing.assert_allclose(small[1:8], ref_spatial(movie[1:8], 4), rtol=1e-6)
+    assert odd["crop"] == {"rows_dropped": 2, "cols_dropped": 0}
+    assert np.array_equal(out[0], out[1]) and np.array_equal(out[8], out[7])  # held at the ends
+    assert attrs["interpolated_frames"] == [0, 8] and attrs["fps"] == pytest.approx(10.0)
+
+
+def test_ingest_errors_leave_nothing(tmp_path):
+    frames = movie_u8(30, 16, 16)
+    good = write_avi(tmp_path / "good.avi", frames, "GREY", fps=20.0)
+    out = tmp_path / "ingest.zarr"
+    ingest(good, out)
+    before = zarr.open_group(str(out), mode="r")["movie"][:]
+    bad = tmp_path / "bad.avi"
+    data = good.read_bytes()
+    bad.write_bytes(data[: int(len(data) * 0.7)])
+    with pytest.raises(InputError, match=r"bad\.avi: the file is truncated"):
+        ingest(bad, out)
+    assert np.array_equal(zarr.open_group(str(out), mode="r")["movie"][:], before)  # previous store intact
+    with pytest.raises(InputError, match="truncated"):
+        ingest(bad, tmp_path / "new.zarr")
+    assert not (tmp_path / "new.zarr").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.avi", "good.avi", "ingest.zarr"]
+    with pytest.raises(ConfigError, match="downsampling.spatial_ds must be an integer >= 1"):
+        ingest(good, tmp_path / "x.zarr", spatial_ds=0)
+    with pytest.raises(ConfigError, match="downsampling.temporal_ds"):
+        ingest(good, tmp_path / "x.zarr", temporal_ds=1.5)
+    assert not (tmp_path / "x.zarr").exists()
+
+
+def test_ingest_fps_fallbacks(tmp_path):
+    movie = np.arange(12 * 8 * 8, dtype=np.uint16).reshape(12, 8, 8)
+    tifffile.imwrite(tmp_path / "m.tif", movie)
+    a = ingest(tmp_path / "m.tif", tmp_path / "a.zarr", temporal_ds=2, params={"general": {"sf": 15.0}})
+    assert a["fps"] == pytest.approx(7.5) and a["fps_from"] == "default (general.sf)"
+    b = ingest(tmp_path / "m.tif", tmp_path / "b.zarr", fps=30.0)
+    assert b["fps"] == 30.0 and b["fps_from"] == "argument"
+    out = zarr.open_group(str(tmp_path / "b.zarr"), mode="r")
+    assert np.array_equal(out["movie"][:], movie.astype(np.float32)) and "timestamps" not in out
+
+
+def test_ingest_simulated_miniscope_session_is_exact(tmp_path):
+    simulate = pytest.importorskip("califlow.simulate")
+    config = simulate.preset("demo", n_sessions=1, frames_per_session=120, frames_per_file=50)
+    animal = simulate.simulate_animal(config, seed=3)
+    folder = simulate.write_animal(animal, tmp_path / "animal")[0]
+    attrs = ingest(folder, tmp_path / "ingest.zarr", spatial_ds=2, temporal_ds=2)
+    truth = animal.session_frames(0, 0, 120)
+    expected, _ = downsample_temporal(ref_spatial(truth, 2).astype(np.float32), 2)
+    movie = zarr.open_group(str(tmp_path / "ingest.zarr"), mode="r")["movie"][:]
+    np.testing.assert_allclose(movie, expected, rtol=1e-6, atol=1e-4)
+    assert attrs["fps"] == pytest.approx(config.fps / 2) and attrs["frames_per_file"] == [50, 50, 20]
+    assert attrs["dropped_frames"] == [] and attrs["reader"] == "miniscope_v4"

@@ -1,0 +1,175 @@
+"""End-to-end workflow: lint, the demo cohort, reruns, interruption, SLURM, bad input.
+
+One demo run (2 animals x 3 sessions, simulated by the workflow) is shared by the tests of
+this module; each test that needs another run uses its own working folder.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+import zarr
+
+from workflow_helpers import REPO, make_workdir, output_hashes, run_snakemake, snakemake_cmd
+
+pytestmark = pytest.mark.timeout(1800)
+
+
+def test_lint():
+    proc = subprocess.run([os.sys.executable, "-m", "snakemake", "--lint"], cwd=REPO,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    """The demo cohort run once, as a user runs it (``snakemake --cores 2``)."""
+    work = make_workdir(tmp_path_factory.mktemp("demo"))
+    t0 = time.time()
+    proc = run_snakemake(work)
+    elapsed = time.time() - t0
+    return {"work": work, "hashes": output_hashes(work / "results"), "elapsed": elapsed, "log": proc.stdout}
+
+
+def test_demo_outputs_follow_the_contract(demo):
+    res = demo["work"] / "results"
+    sheet = pd.read_csv(REPO / "config" / "sessions.tsv", sep="\t")
+    for animal, group in sheet.groupby("animal"):
+        a = res / animal
+        for session in group["session"]:
+            s = a / "sessions" / session
+            motion = pd.read_csv(s / "motion.csv")
+            assert list(motion.columns) == ["frame", "dy", "dx"] and len(motion) == 300
+            proj = zarr.open_group(str(s / "projections.zarr"), mode="r")
+            for name in ("mean", "bv", "cn", "pnr"):
+                assert proj[name].dtype == np.float32 and proj[name].ndim == 2
+            assert not (s / "ingest.zarr").exists() and not (s / "enhanced.zarr").exists()  # temp()
+        aligned = zarr.open_group(str(a / "aligned.zarr"), mode="r")
+        assert aligned["movie"].shape[0] == 300 * len(group)
+        assert [x["name"] for x in aligned.attrs["sessions"]] == list(group["session"])
+        cn = zarr.open_group(str(a / "cnmfe.zarr"), mode="r")
+        K = cn["A"].shape[0]
+        assert K >= 10 and cn["C"].shape == (K, 300 * len(group)) and cn["S"].shape == cn["C"].shape
+        assert "params" in cn.attrs and "califlow_version" in cn.attrs
+        cells = pd.read_csv(a / "cells.csv")
+        assert len(cells) == K
+        events = pd.read_csv(a / "events.csv")
+        assert list(events.columns) == ["cell", "session", "frame", "time_s", "amplitude"]
+        assert set(events["session"]) <= set(group["session"]) and len(events) > 0
+
+
+def test_demo_accuracy_against_ground_truth(demo):
+    """The demo's extraction finds the simulated neurons (a smoke-level accuracy floor)."""
+    from califlow.metrics import match_neurons
+    from califlow.simulate import load_ground_truth
+
+    work = demo["work"]
+    gt = load_ground_truth(work / "resources" / "demo" / "demo1" / "ground_truth.zarr")
+    A = zarr.open_group(str(work / "results" / "demo1" / "cnmfe.zarr"), mode="r")["A"][...]
+    active = gt.active.any(axis=1)
+    ref = gt.footprints_ref[active]
+    # the aligned frame is the groupwise mean frame, cropped: register before matching
+    m = match_neurons(ref, _fit(A, ref.shape[1:]), register=True)
+    assert m.recall >= 0.8 and m.precision >= 0.8, (m.precision, m.recall)
+
+
+def _fit(A, shape):
+    """Pad/crop the aligned-frame footprints to the reference frame size (centred)."""
+    K, H, W = A.shape
+    out = np.zeros((K, *shape), A.dtype)
+    h, w = min(H, shape[0]), min(W, shape[1])
+    oy, ox = (shape[0] - h) // 2, (shape[1] - w) // 2
+    iy, ix = (H - h) // 2, (W - w) // 2
+    out[:, oy:oy + h, ox:ox + w] = A[:, iy:iy + h, ix:ix + w]
+    return out
+
+
+def test_rerun_with_nothing_changed_does_nothing(demo):
+    proc = run_snakemake(demo["work"], "-n")
+    assert "Nothing to be done" in proc.stdout, proc.stdout[-3000:]
+
+
+def _planned_rules(proc_stdout: str) -> set[str]:
+    rules = set()
+    for line in proc_stdout.splitlines():
+        line = line.strip()
+        if line.startswith("rule ") and line.endswith(":"):
+            rules.add(line[5:-1])
+        elif line.startswith("localrule ") and line.endswith(":"):
+            rules.add(line[10:-1])
+    return rules
+
+
+AFTER_CNMFE = {"cnmfe", "events_table", "export_session", "qc_animal", "spike_extraction"}
+# the enhanced movies are temporary: re-concatenating recomputes them (ingest, enhance)
+AFTER_ALIGN = {"ingest", "enhance", "align_sessions", "concatenate"} | AFTER_CNMFE
+
+
+@pytest.mark.parametrize("extra, expected", [
+    ("spike_extraction:\n  s_min: 0.5\n", {"spike_extraction"}),
+    ("cnmfe:\n  min_pnr: 8\n", AFTER_CNMFE),
+    ("inter_session_alignment:\n  final_neurons: true\n", AFTER_ALIGN),
+    ("export:\n  lab: Vision Lab\n", {"export_session"}),
+])
+def test_parameter_change_reruns_only_affected_jobs(demo, extra, expected, tmp_path):
+    cfg = tmp_path / "extra.yaml"
+    cfg.write_text(extra)
+    proc = run_snakemake(demo["work"], "-n", "--configfile", str(demo["work"] / "config" / "config.yaml"),
+                         str(cfg))
+    planned = _planned_rules(proc.stdout) - {"all"}
+    assert planned == expected, proc.stdout[-4000:]
+
+
+def test_kill_and_resume_gives_identical_outputs(demo, tmp_path):
+    """SIGKILL mid-run, resume with --rerun-incomplete: outputs equal an uninterrupted run."""
+    work = make_workdir(tmp_path / "kill")
+    env = dict(os.environ, XDG_CACHE_HOME=str(work / ".cache"))
+    proc = subprocess.Popen(snakemake_cmd(work), cwd=work, env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    target = work / "results" / "demo1" / "aligned.zarr"
+    deadline = time.time() + 900
+    # kill once the per-animal stage has started (a job is running and outputs are half made)
+    while time.time() < deadline and not (work / "logs" / "demo1" / "concatenate.log").exists():
+        if proc.poll() is not None:
+            break
+        time.sleep(0.2)
+    time.sleep(0.5)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not target.exists()  # killed while concatenating: no half-written store under its name
+    run_snakemake(work, "--unlock")  # SIGKILL leaves Snakemake's lock behind
+    run_snakemake(work, "--rerun-incomplete")
+    hashes = output_hashes(work / "results")
+    assert hashes == demo["hashes"]
+
+
+def _slurm_up() -> bool:
+    try:
+        out = subprocess.run(["scontrol", "ping"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             text=True, timeout=10).stdout
+    except (FileNotFoundError, subprocess.TimeoutExpired):
+        return False
+    return "UP" in out
+
+
+@pytest.mark.slurm
+@pytest.mark.skipif(not _slurm_up(), reason="no SLURM controller (start one with tests/slurm/start_slurm.sh)")
+def test_slurm_run_equals_local_run(demo, tmp_path):
+    work = make_workdir(tmp_path / "slurm")
+    shutil.copytree(REPO / "profiles", work / "profiles", symlinks=True)
+    t0 = time.time()
+    proc = run_snakemake(work, "--profile", str(REPO / "profiles" / "slurm"),
+                         "--slurm-init-seconds-before-status-checks", "2",
+                         "--seconds-between-status-checks", "2", cores=2, timeout=1700)
+    elapsed = time.time() - t0
+    assert "slurm" in proc.stdout.lower()
+    assert output_hashes(work / "results") == demo["hashes"]
+    print(f"SLURM demo run: {elapsed:.0f} s (local: {demo['elapsed']:.0f} s)")

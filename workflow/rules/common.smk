@@ -1,0 +1,136 @@
+# Sessions sheet, configuration, wildcard constraints and input functions.
+# Everything here is cheap: every cluster job re-imports it.
+
+import os
+import re
+from pathlib import Path
+
+from snakemake.utils import validate
+
+from califlow.params import resolve_config
+from califlow.sessions import read_sessions, sessions_from_files, validate_sessions
+
+
+# ---- configuration: validated (with defaults filled in) before any job runs -------------
+CFG = resolve_config(config)  # readable errors: names the key, the value and what is allowed
+validate(config, schema="../schemas/config.schema.yaml")  # fills Snakemake's config defaults
+DEMO_DIR = CFG["demo"]["directory"]
+
+
+def _load_sessions():
+    demo = [DEMO_DIR] if CFG["demo"]["enabled"] else []
+    ext = CFG["downsampling"]["file_extension"]
+    sheet_path = Path(CFG["sessions"])
+    if sheet_path.exists():
+        return read_sessions(sheet_path, may_be_missing=demo, file_extension=ext)
+    if CFG["general"]["input_files"]:
+        table = sessions_from_files(
+            CFG["general"]["input_files"], CFG["general"]["output_files"]
+        )
+        return validate_sessions(table, source="general.input_files", file_extension=ext)
+    return read_sessions(sheet_path)  # raises: names the missing sheet
+
+
+SESSIONS = _load_sessions()
+validate(SESSIONS.reset_index(drop=True), schema="../schemas/sessions.schema.yaml")
+ANIMALS = list(dict.fromkeys(SESSIONS["animal"]))
+ANIMAL_PATTERN = "|".join(map(re.escape, ANIMALS))
+SESSION_PATTERN = "|".join(map(re.escape, dict.fromkeys(SESSIONS["session"])))
+
+
+# ---- helpers used by the rule files ------------------------------------------------------
+def maybe_temp(path):
+    """temp() unless keep_intermediates is set."""
+    return path if CFG["keep_intermediates"] else temp(path)
+
+
+def session_row(wildcards):
+    return SESSIONS.loc[(wildcards.animal, wildcards.session)]
+
+
+def session_source(wildcards):
+    """The recording (file or folder) of a session, as written in the sheet."""
+    return session_row(wildcards)["path"]
+
+
+def session_fps(wildcards):
+    """Frame rate from the sheet, or None (then timestamps, the file, or general.sf)."""
+    fps = session_row(wildcards)["fps"]
+    return None if fps != fps else float(fps)
+
+
+def animal_sessions(wildcards):
+    """Session names of an animal, in concatenation order."""
+    return list(SESSIONS.loc[wildcards.animal]["session"])
+
+
+def session_paths(pattern):
+    """Input function: ``pattern`` (with {animal} and {session}) for every session of the animal."""
+
+    def inner(wildcards):
+        return [
+            pattern.format(animal=wildcards.animal, session=s)
+            for s in animal_sessions(wildcards)
+        ]
+
+    return inner
+
+
+def group_params(*groups):
+    """The resolved parameters of the named config groups (reach rules through params:)."""
+    return {g: CFG[g] for g in groups}
+
+
+def is_demo_path(path):
+    try:
+        Path(path).resolve().relative_to(Path(DEMO_DIR).resolve())
+        return CFG["demo"]["enabled"]
+    except ValueError:
+        return False
+
+
+DEMO_ANIMALS = sorted(
+    {a for a, p in zip(SESSIONS["animal"], SESSIONS["path"]) if is_demo_path(p)}
+)
+
+
+def demo_session_dirs(wildcards):
+    return [
+        f"{DEMO_DIR}/{wildcards.animal}/{s}" for s in animal_sessions(wildcards)
+    ]
+
+
+def cnmfe_mem_mb(wildcards, attempt):
+    """Memory request of CNMF-E jobs (MB): memory_size_to_use plus 1 GB of overhead per attempt.
+
+    When memory_size_to_use is left empty (all of the workstation's memory) the request is
+    4 GB per attempt; set memory_size_to_use on a cluster.
+    """
+    budget = config["cnmfe"].get("memory_size_to_use")
+    if budget is None:
+        return 4000 * attempt
+    return int(1000 * float(budget)) + 1000 * attempt
+
+
+def final_outputs():
+    """Targets of the default target: what the stages built so far deliver per session and animal."""
+    targets = []
+    for animal, session in SESSIONS.index:
+        for name in SESSION_TARGETS:
+            targets.append(name.format(animal=animal, session=session))
+    for animal in ANIMALS:
+        for name in ANIMAL_TARGETS:
+            targets.append(name.format(animal=animal))
+    # the demo cohort's ground truth, to score the results against
+    targets += [f"{DEMO_DIR}/{animal}/ground_truth.zarr" for animal in DEMO_ANIMALS]
+    return targets
+
+
+# Rule files append the outputs they deliver to these lists.
+SESSION_TARGETS = []
+ANIMAL_TARGETS = []
+
+
+def demo_animal_index(wildcards):
+    """Position of a demo animal (its simulation seed is derived from it)."""
+    return DEMO_ANIMALS.index(wildcards.animal)

@@ -1,0 +1,108 @@
+# Per session and per animal: tables, NWB and Inscopix exports, QC figures for the report.
+
+
+rule events_table:
+    input:
+        "results/{animal}/cnmfe.zarr",
+    output:
+        "results/{animal}/events.csv",
+    params:
+        threshold=CFG["export"]["event_threshold"],
+    log:
+        "logs/{animal}/events_table.log",
+    conda:
+        "../../envs/califlow.yaml"
+    script:
+        "../../scripts/events_table.py"
+
+
+rule export_session:
+    input:
+        cnmfe="results/{animal}/cnmfe.zarr",
+        cells="results/{animal}/cells.csv",
+        aligned="results/{animal}/aligned.zarr",
+        summary="results/{animal}/sessions/{session}/ingest.json",
+    output:
+        directory("results/{animal}/sessions/{session}/export"),
+    params:
+        export=CFG["export"],
+    log:
+        "logs/{animal}/{session}/export_session.log",
+    conda:
+        "../../envs/califlow.yaml"
+    script:
+        "../../scripts/export_session.py"
+
+
+rule qc_session:
+    input:
+        motion="results/{animal}/sessions/{session}/motion.csv",
+        projections="results/{animal}/sessions/{session}/projections.zarr",
+        summary="results/{animal}/sessions/{session}/ingest.json",
+    output:
+        report(
+            "results/{animal}/qc/session_{session}.png",
+            caption="../report/session.rst",
+            category="1. Sessions",
+            subcategory="{animal}",
+            labels={"animal": "{animal}", "session": "{session}"},
+        ),
+    log:
+        "logs/{animal}/{session}/qc_session.log",
+    conda:
+        "../../envs/califlow.yaml"
+    script:
+        "../../scripts/qc_session.py"
+
+
+rule qc_animal:
+    input:
+        cnmfe="results/{animal}/cnmfe.zarr",
+        aligned="results/{animal}/aligned.zarr",
+    params:
+        threshold=CFG["export"]["event_threshold"],
+    output:
+        footprints=report(
+            "results/{animal}/qc/footprints.png",
+            caption="../report/footprints.rst",
+            category="3. Cells",
+            labels={"animal": "{animal}", "figure": "footprints"},
+        ),
+        traces=report(
+            "results/{animal}/qc/traces.png",
+            caption="../report/traces.rst",
+            category="3. Cells",
+            labels={"animal": "{animal}", "figure": "traces"},
+        ),
+        raster=report(
+            "results/{animal}/qc/raster.png",
+            caption="../report/raster.rst",
+            category="3. Cells",
+            labels={"animal": "{animal}", "figure": "raster"},
+        ),
+        presence=report(
+            "results/{animal}/qc/presence.png",
+            caption="../report/presence.rst",
+            category="3. Cells",
+            labels={"animal": "{animal}", "figure": "presence"},
+        ),
+    log:
+        "logs/{animal}/qc_animal.log",
+    conda:
+        "../../envs/califlow.yaml"
+    script:
+        "../../scripts/qc_animal.py"
+
+
+SESSION_TARGETS.extend(
+    [
+        "results/{animal}/sessions/{session}/export",
+        "results/{animal}/qc/session_{session}.png",
+    ]
+)
+ANIMAL_TARGETS.extend(
+    [
+        "results/{animal}/events.csv",
+        "results/{animal}/qc/footprints.png",
+    ]
+)
