@@ -108,8 +108,10 @@ def _planned_rules(proc_stdout: str) -> set[str]:
 
 
 AFTER_CNMFE = {"cnmfe", "events_table", "export_session", "qc_animal", "spike_extraction"}
-# the enhanced movies are temporary: re-concatenating recomputes them (ingest, enhance)
-AFTER_ALIGN = {"ingest", "enhance", "align_sessions", "concatenate"} | AFTER_CNMFE
+# the enhanced movies are temporary: re-concatenating recomputes each session's chain
+# (Snakemake reruns what consumes a regenerated file: motion_correct and its QC too)
+SESSION_CHAIN = {"ingest", "motion_correct", "enhance", "qc_session"}
+AFTER_ALIGN = SESSION_CHAIN | {"align_sessions", "concatenate"} | AFTER_CNMFE
 
 
 @pytest.mark.parametrize("extra, expected", [

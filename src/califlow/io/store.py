@@ -64,6 +64,8 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
 
     On any exception the temporary file or directory is removed and ``path`` is left as it
     was (absent or the previous complete version), so no half-written output remains.
+    Temporaries of ``path`` left by a killed earlier attempt are removed first (one job
+    writes a given output at a time, so they cannot belong to a live writer).
 
     Examples
     --------
@@ -72,6 +74,8 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     """
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
+    for stale in final.parent.glob(f".{final.stem}.tmp-*{final.suffix}"):
+        _remove(stale)
     tmp = _tmp_name(final)
     try:
         yield tmp
