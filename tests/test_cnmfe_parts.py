@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from califlow.cnmfe.background import RingOperator, fit_ring, ring_offsets, ring_radius_ds
+from califlow.cnmfe.background import RingOperator, fit_ring, residual_frames, ring_offsets, ring_radius_ds
 from califlow.cnmfe.data import Decimation, InMemorySource, make_batches, time_bins
 from califlow.cnmfe.initialize import centred_pixels, init_seed
 from califlow.cnmfe.merge import merge_components, remove_false_positives
@@ -254,3 +254,18 @@ def test_remove_false_positives_drops_small_and_silent():
     bad = remove_false_positives(m, min_pixel=6)
     assert bad.tolist() == [False, True, False, True]
     assert m.K == 2
+
+
+def test_residual_frames_equal_the_explicit_model():
+    rng = np.random.default_rng(4)
+    dec = Decimation((10, 13), 2)  # 13: edge blocks average what they have
+    Wr = sp.random(dec.n_ds, dec.n_ds, density=0.2, random_state=5, format="csr", dtype=np.float32)
+    op = RingOperator(Wr, dec)
+    A = sp.random(130, 3, density=0.3, random_state=6, format="csc", dtype=np.float32)
+    C = rng.random((3, 40)).astype(np.float32)
+    Y = rng.standard_normal((40, 130)).astype(np.float32)
+    b0 = rng.random(130).astype(np.float32)
+    E = Y.T - b0[:, None] - A @ C                       # (P, T)
+    expected = (E - op.apply(E)).T
+    np.testing.assert_allclose(residual_frames(Y, A, C, b0, op), expected, atol=1e-4)
+    np.testing.assert_allclose(residual_frames(Y, A, C, b0, None), E.T, atol=1e-5)

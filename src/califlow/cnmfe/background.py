@@ -20,7 +20,7 @@ import scipy.sparse as sp
 from califlow.cnmfe.data import Decimation, Summary
 from califlow.params import round_half_up
 
-__all__ = ["ring_offsets", "ring_radius_ds", "fit_ring", "RingOperator", "background_frames"]
+__all__ = ["ring_offsets", "ring_radius_ds", "fit_ring", "RingOperator", "decimate_frames", "residual_frames"]
 
 
 def ring_radius_ds(ring_radius_px: float, ssub: int) -> int:
@@ -204,10 +204,71 @@ def fit_batch_background(summary: Summary, A: sp.csc_matrix, C_b: np.ndarray, de
     return np.asarray(b0, np.float32).ravel(), W
 
 
-def background_frames(Y_b: np.ndarray, A: sp.csc_matrix, C_b: np.ndarray, b0: np.ndarray,
-                      op: RingOperator) -> np.ndarray:
-    """Explicit background ``B_b`` (T_b, P) of frames held in memory (used for residuals)."""
-    X = Y_b.T - b0[:, None]
+@numba.njit(cache=True, parallel=True, fastmath=True)
+def _ring_rows(indptr, indices, data, Z):  # pragma: no cover
+    """``Z W^T`` for frames Z (T, P_ds) and W in CSR form; one frame per thread."""
+    T, pd = Z.shape
+    out = np.empty((T, pd), np.float32)
+    for t in numba.prange(T):
+        z = Z[t]
+        for i in range(pd):
+            s = np.float32(0.0)
+            for j in range(indptr[i], indptr[i + 1]):
+                s += data[j] * z[indices[j]]
+            out[t, i] = s
+    return out
+
+
+@numba.njit(cache=True, parallel=True)
+def _block_means(X, block_of, inv_counts, n_ds):  # pragma: no cover
+    """Block means (T, n_ds) of frames X (T, P); ``block_of`` (P,) the block of each pixel."""
+    T, P = X.shape
+    out = np.zeros((T, n_ds), np.float32)
+    for t in numba.prange(T):
+        for p in range(P):
+            out[t, block_of[p]] += X[t, p]
+        for i in range(n_ds):
+            out[t, i] *= inv_counts[i]
+    return out
+
+
+@numba.njit(cache=True, parallel=True)
+def _subtract_blocks(E, V, block_of):  # pragma: no cover
+    """``E[t, p] -= V[t, block_of[p]]`` in place."""
+    T, P = E.shape
+    for t in numba.prange(T):
+        for p in range(P):
+            E[t, p] -= V[t, block_of[p]]
+
+
+@numba.njit(cache=True, parallel=True)
+def _subtract_sparse_product(E, indptr, indices, data, C):  # pragma: no cover
+    """``E -= (A C)^T`` in place for E (T, P), A (P, K) in CSC form and C (K, T)."""
+    T = E.shape[0]
+    K = C.shape[0]
+    for t in numba.prange(T):
+        for k in range(K):
+            c = C[k, t]
+            if c != 0:
+                for j in range(indptr[k], indptr[k + 1]):
+                    E[t, indices[j]] -= data[j] * c
+
+
+def decimate_frames(X: np.ndarray, dec: Decimation) -> np.ndarray:
+    """``(D X^T)^T``: block means of frames X (T, P) on the decimated grid, (T, P_ds)."""
+    return _block_means(np.ascontiguousarray(X, dtype=np.float32), dec.block_of.astype(np.int64),
+                        (1.0 / dec.counts).astype(np.float32), dec.n_ds)
+
+
+def residual_frames(Y_b: np.ndarray, A: sp.csc_matrix, C_b: np.ndarray, b0: np.ndarray,
+                    op: RingOperator | None) -> np.ndarray:
+    """Residual ``Y - A C - B`` (T_b, P) of frames held in memory, ``B = b0 + U W D (Y - A C - b0)``."""
+    E = np.asarray(Y_b, np.float32) - b0[None, :]
     if A.shape[1]:
-        X = X - np.asarray(A @ C_b)
-    return (b0[:, None] + op.apply(X)).T.astype(np.float32)
+        A = sp.csc_matrix(A, dtype=np.float32)
+        _subtract_sparse_product(E, A.indptr, A.indices, A.data, np.ascontiguousarray(C_b, dtype=np.float32))
+    if op is not None:
+        W = op.W
+        V = _ring_rows(W.indptr, W.indices, W.data.astype(np.float32), decimate_frames(E, op.dec))
+        _subtract_blocks(E, V, op.dec.block_of.astype(np.int64))
+    return E

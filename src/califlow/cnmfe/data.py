@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
+import numba
 import numpy as np
 import scipy.sparse as sp
 
@@ -245,7 +246,7 @@ class Source(abc.ABC):
         dsq = np.zeros(self.n_pixels, np.float64)
         ndiff = np.zeros(self.n_pixels, np.int64)
         yds = np.zeros((dec.n_ds, nb), np.float32)
-        pool: dict[int, sp.csr_matrix] = {}
+        pool: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         last: dict[int, np.ndarray] = {}
         for tid, pix, t0, y in self._tiles(b):
             n = y.shape[0]
@@ -255,12 +256,13 @@ class Source(abc.ABC):
             ndiff[pix] += d.shape[0]
             last[tid] = y[-1].copy()
             bins = bin_of[t0:t0 + n]
-            starts = np.r_[0, np.flatnonzero(np.diff(bins)) + 1]
             if tid not in pool:
-                pool[tid] = sp.csr_matrix((np.ones(pix.size, np.float32), (dec.block_of[pix], np.arange(pix.size))),
-                                          shape=(dec.n_ds, pix.size))
-            summed = np.asarray(pool[tid] @ y.T)  # (P_ds, n): block sums of every frame
-            yds[:, bins[starts]] += np.add.reduceat(summed, starts, axis=1)
+                blocks, local = np.unique(dec.block_of[pix], return_inverse=True)
+                pool[tid] = (blocks, local.astype(np.int64))
+            blocks, local = pool[tid]
+            b0 = int(bins[0])
+            yds[blocks, b0:int(bins[-1]) + 1] += _binned_block_sums(y, local, bins - b0, blocks.size,
+                                                                    int(bins[-1]) - b0 + 1)
         yds /= dec.counts[:, None]
         yds /= bin_len[None, :]
         sn = np.sqrt(dsq / np.maximum(ndiff, 1) / 2.0).astype(np.float32)
@@ -302,6 +304,17 @@ class Source(abc.ABC):
             prod = y.T @ C[kc, t0:t0 + y.shape[0]].T  # (p, k_tile)
             vals[entries] += prod[prow, kpos]
         return sp.csc_matrix((vals.astype(np.float32), (rows, cols)), shape=pattern.shape)
+
+
+@numba.njit(cache=True)
+def _binned_block_sums(y, block, bins, n_blocks, n_bins):  # pragma: no cover - numba
+    """Sums (n_blocks, n_bins) of y (T, p) over the pixels of each block and the frames of each bin."""
+    out = np.zeros((n_blocks, n_bins), np.float64)
+    for t in range(y.shape[0]):
+        bt = bins[t]
+        for j in range(y.shape[1]):
+            out[block[j], bt] += y[t, j]
+    return out.astype(np.float32)
 
 
 class InMemorySource(Source):

@@ -68,10 +68,27 @@ def centred_pixels(Y_b: np.ndarray, max_frames: int = MEDIAN_FRAMES) -> np.ndarr
 
     The median is taken over at most ``max_frames`` evenly spaced frames.
     """
-    HY = np.ascontiguousarray(np.asarray(Y_b, dtype=np.float32).T)
+    HY = _transpose(np.ascontiguousarray(Y_b, dtype=np.float32))
     step = max(1, -(-HY.shape[1] // max_frames))
     HY -= _row_medians(HY, step)[:, None]
     return HY
+
+
+@numba.njit(cache=True, parallel=True)
+def _transpose(Y: np.ndarray) -> np.ndarray:  # pragma: no cover - numba
+    """C-contiguous ``Y.T`` of a (T, P) array, copied in cache-sized 32 x 32 tiles."""
+    T, P = Y.shape
+    out = np.empty((P, T), Y.dtype)
+    nb = (P + 31) // 32
+    for pb in numba.prange(nb):
+        p0 = pb * 32
+        p1 = min(P, p0 + 32)
+        for t0 in range(0, T, 32):
+            t1 = min(T, t0 + 32)
+            for p in range(p0, p1):
+                for t in range(t0, t1):
+                    out[p, t] = Y[t, p]
+    return out
 
 
 def peeled_pnr(hy: np.ndarray) -> float:

@@ -13,9 +13,10 @@ footprints (where they exceed 20 % of their peak).
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 
-from califlow.cnmfe.background import background_frames
+from califlow.cnmfe.background import residual_frames
 from califlow.cnmfe.data import InMemorySource
 from califlow.cnmfe.model import Model
 from califlow.cnmfe.seeds import find_seeds
@@ -32,14 +33,9 @@ def residual_source(source: InMemorySource, model: Model, fitter, cache_bytes: i
     """
 
     def load(b: int) -> np.ndarray:
-        Y = source.frames(b)
         C_b = model.C[:, model.frames(b)]
-        op = fitter.ring_operator(model, b)
-        b0 = fitter.baseline(model, b)
-        R = Y - (background_frames(Y, model.A, C_b, b0, op) if op is not None else b0[None, :])
-        if model.K:
-            R -= np.asarray(model.A @ C_b).T
-        return R
+        return residual_frames(source.frames(b), model.A, C_b, fitter.baseline(model, b),
+                               fitter.ring_operator(model, b))
 
     return InMemorySource(load, source.batches, shape=source.shape, cache_bytes=cache_bytes)
 
@@ -76,13 +72,26 @@ def correlation_pnr(frames: np.ndarray, shape: tuple[int, int], sn: np.ndarray) 
     """
     from califlow.motion.projections import PNR_MEDIAN_FRAMES, CorrelationAccumulator
 
-    Y = np.asarray(frames, dtype=np.float32)
-    Y = Y - Y.mean(axis=0)
+    Y = np.ascontiguousarray(frames, dtype=np.float32)
+    mean = Y.mean(axis=0, dtype=np.float64).astype(np.float32)
     sn = np.maximum(np.asarray(sn, np.float32), 1e-6)
-    pnr = (window_mean_peak(Y, PNR_MEDIAN_FRAMES) / sn).astype(np.float32).reshape(shape)
+    # a window mean of the centred frames is the window mean of the frames minus their mean
+    pnr = ((window_mean_peak(Y, PNR_MEDIAN_FRAMES) - mean) / sn).astype(np.float32).reshape(shape)
     acc = CorrelationAccumulator(shape)
-    acc.add(np.where(Y < 3 * sn, 0, Y).reshape(-1, *shape))
+    acc.add(_centred_above(Y, mean, (3 * sn).astype(np.float32)).reshape(-1, *shape))
     return acc.image(), pnr
+
+
+@numba.njit(cache=True, parallel=True)
+def _centred_above(Y, mean, threshold):  # pragma: no cover - numba
+    """``Y - mean`` where it reaches ``threshold``, else 0 (T, P)."""
+    T, P = Y.shape
+    out = np.empty((T, P), np.float32)
+    for t in numba.prange(T):
+        for p in range(P):
+            v = Y[t, p] - mean[p]
+            out[t, p] = v if v >= threshold[p] else np.float32(0.0)
+    return out
 
 
 def residual_seeds(res: InMemorySource, source: InMemorySource, model: Model, fitter, opts,
