@@ -34,7 +34,6 @@ def _welch_plan(n_frames: int, noise_range) -> tuple[int, int, np.ndarray, np.nd
         raise ValueError(f"at least 4 frames are needed to estimate noise, got {n_frames}")
     seg = max(2, int(math.floor(n_frames / 4.5)))
     hop = seg - seg // 2
-    n_seg = 1 + (n_frames - seg) // hop
     nfft = 1 << int(math.ceil(math.log2(seg)))
     fmin, fmax = (float(v) for v in noise_range)
     k = np.arange(nfft // 2 + 1)
