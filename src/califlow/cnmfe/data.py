@@ -12,6 +12,7 @@ not by the movie length; :class:`InMemorySource` does the same on a block held i
 from __future__ import annotations
 
 import abc
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -369,6 +370,8 @@ class InMemorySource(Source):
 #: Bytes of one tile read by :class:`MovieSource` (a constant, so that products are computed
 #: in the same order, hence bit-identical, whatever the memory budget or the reader).
 TILE_BYTES = 64 * 2 ** 20
+#: Threads that read tiles in :func:`load_movie`.
+LOAD_THREADS = 2
 #: Spatial tile of :class:`MovieSource` (px).
 TILE_SHAPE = (64, 64)
 
@@ -417,10 +420,14 @@ def load_movie(store: AlignedStore) -> np.ndarray:
     t, h, w = store.shape
     out = np.empty((t, h, w), np.float32)
     step = max(1, TILE_BYTES // (4 * min(TILE_SHAPE[0], h) * min(TILE_SHAPE[1], w)))
-    for a in range(0, h, TILE_SHAPE[0]):
-        for c in range(0, w, TILE_SHAPE[1]):
-            for t0 in range(0, t, step):
-                t1 = min(t, t0 + step)
-                ys, xs = slice(a, min(h, a + TILE_SHAPE[0])), slice(c, min(w, c + TILE_SHAPE[1]))
-                out[t0:t1, ys, xs] = store.read(t0, t1, ys, xs)
+    boxes = [(slice(t0, min(t, t0 + step)), slice(a, min(h, a + TILE_SHAPE[0])), slice(c, min(w, c + TILE_SHAPE[1])))
+             for a in range(0, h, TILE_SHAPE[0]) for c in range(0, w, TILE_SHAPE[1]) for t0 in range(0, t, step)]
+
+    def fill(box) -> None:
+        ts, ys, xs = box
+        out[ts, ys, xs] = store.read(ts.start, ts.stop, ys, xs)
+
+    # disjoint tiles; decompression, the finiteness check and the copy release the GIL
+    with ThreadPoolExecutor(max_workers=LOAD_THREADS) as pool:
+        list(pool.map(fill, boxes))
     return out
