@@ -20,7 +20,7 @@ import scipy.sparse as sp
 from califlow.cnmfe.data import Decimation, Summary
 from califlow.params import round_half_up
 
-__all__ = ["ring_offsets", "ring_radius_ds", "fit_ring", "RingOperator", "decimate_frames", "residual_frames"]
+__all__ = ["ring_offsets", "ring_radius_ds", "fit_ring", "RingOperator", "residual_frames"]
 
 
 def ring_radius_ds(ring_radius_px: float, ssub: int) -> int:
@@ -167,6 +167,11 @@ class RingOperator:
         """``D^T W^T U^T M``."""
         return self.dec.D.T @ (self.W.T @ (self.dec.U.T @ M))
 
+    def subtract_from_frames(self, E: np.ndarray) -> None:
+        """``E -= (U W D E^T)^T`` in place for frames E (T, P) float32 (no transposed copies)."""
+        V = _ring_rows(self.W.indptr, self.W.indices, self.W.data, self.dec.mean_frames(E))
+        _subtract_blocks(E, V, self.dec.block_of)
+
 
 def fit_batch_background(summary: Summary, A: sp.csc_matrix, C_b: np.ndarray, dec: Decimation, radius: int,
                          ridge: float = 1e-2) -> tuple[np.ndarray, sp.csr_matrix]:
@@ -220,19 +225,6 @@ def _ring_rows(indptr, indices, data, Z):  # pragma: no cover
 
 
 @numba.njit(cache=True, parallel=True)
-def _block_means(X, block_of, inv_counts, n_ds):  # pragma: no cover
-    """Block means (T, n_ds) of frames X (T, P); ``block_of`` (P,) the block of each pixel."""
-    T, P = X.shape
-    out = np.zeros((T, n_ds), np.float32)
-    for t in numba.prange(T):
-        for p in range(P):
-            out[t, block_of[p]] += X[t, p]
-        for i in range(n_ds):
-            out[t, i] *= inv_counts[i]
-    return out
-
-
-@numba.njit(cache=True, parallel=True)
 def _subtract_blocks(E, V, block_of):  # pragma: no cover
     """``E[t, p] -= V[t, block_of[p]]`` in place."""
     T, P = E.shape
@@ -254,12 +246,6 @@ def _subtract_sparse_product(E, indptr, indices, data, C):  # pragma: no cover
                     E[t, indices[j]] -= data[j] * c
 
 
-def decimate_frames(X: np.ndarray, dec: Decimation) -> np.ndarray:
-    """``(D X^T)^T``: block means of frames X (T, P) on the decimated grid, (T, P_ds)."""
-    return _block_means(np.ascontiguousarray(X, dtype=np.float32), dec.block_of.astype(np.int64),
-                        (1.0 / dec.counts).astype(np.float32), dec.n_ds)
-
-
 def residual_frames(Y_b: np.ndarray, A: sp.csc_matrix, C_b: np.ndarray, b0: np.ndarray,
                     op: RingOperator | None) -> np.ndarray:
     """Residual ``Y - A C - B`` (T_b, P) of frames held in memory, ``B = b0 + U W D (Y - A C - b0)``."""
@@ -268,7 +254,5 @@ def residual_frames(Y_b: np.ndarray, A: sp.csc_matrix, C_b: np.ndarray, b0: np.n
         A = sp.csc_matrix(A, dtype=np.float32)
         _subtract_sparse_product(E, A.indptr, A.indices, A.data, np.ascontiguousarray(C_b, dtype=np.float32))
     if op is not None:
-        W = op.W
-        V = _ring_rows(W.indptr, W.indices, W.data.astype(np.float32), decimate_frames(E, op.dec))
-        _subtract_blocks(E, V, op.dec.block_of.astype(np.int64))
+        op.subtract_from_frames(E)
     return E

@@ -182,6 +182,10 @@ class Decimation:
     def n_ds(self) -> int:
         return self.shape_ds[0] * self.shape_ds[1]
 
+    def mean_frames(self, X: np.ndarray) -> np.ndarray:
+        """``(D X^T)^T``: block means (T, P_ds) of frames X (T, P), without transposing."""
+        return _block_means(np.ascontiguousarray(X, dtype=np.float32), self.block_of, 1.0 / self.counts, self.n_ds)
+
 
 # ---------------------------------------------------------------------------------------
 # sources: streamed products of one batch
@@ -305,6 +309,19 @@ class Source(abc.ABC):
             prod = y.T @ C[kc, t0:t0 + y.shape[0]].T  # (p, k_tile)
             vals[entries] += prod[prow, kpos]
         return sp.csc_matrix((vals.astype(np.float32), (rows, cols)), shape=pattern.shape)
+
+
+@numba.njit(cache=True, parallel=True)
+def _block_means(X, block_of, inv_counts, n_ds):  # pragma: no cover - numba
+    """Block means (T, n_ds) of frames X (T, P); ``block_of`` (P,) the block of each pixel."""
+    T, P = X.shape
+    out = np.zeros((T, n_ds), np.float32)
+    for t in numba.prange(T):
+        for p in range(P):
+            out[t, block_of[p]] += X[t, p]
+        for i in range(n_ds):
+            out[t, i] *= inv_counts[i]
+    return out
 
 
 @numba.njit(cache=True)

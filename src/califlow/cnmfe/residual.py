@@ -13,7 +13,6 @@ footprints (where they exceed 20 % of their peak).
 
 from __future__ import annotations
 
-import numba
 import numpy as np
 
 from califlow.cnmfe.background import residual_frames
@@ -70,7 +69,7 @@ def correlation_pnr(frames: np.ndarray, shape: tuple[int, int], sn: np.ndarray) 
     pnr : ndarray (h, w)
         Peak of the 10-frame mean (:func:`window_mean_peak`) over the noise level ``sn``.
     """
-    from califlow.motion.projections import PNR_MEDIAN_FRAMES, CorrelationAccumulator
+    from califlow.motion.projections import PNR_MEDIAN_FRAMES, CorrelationAccumulator, above_threshold
 
     Y = np.ascontiguousarray(frames, dtype=np.float32)
     mean = Y.mean(axis=0, dtype=np.float64).astype(np.float32)
@@ -78,20 +77,9 @@ def correlation_pnr(frames: np.ndarray, shape: tuple[int, int], sn: np.ndarray) 
     # a window mean of the centred frames is the window mean of the frames minus their mean
     pnr = ((window_mean_peak(Y, PNR_MEDIAN_FRAMES) - mean) / sn).astype(np.float32).reshape(shape)
     acc = CorrelationAccumulator(shape)
-    acc.add(_centred_above(Y, mean, (3 * sn).astype(np.float32)).reshape(-1, *shape))
+    frames3 = Y.reshape(-1, *shape)
+    acc.add(above_threshold(frames3, (mean + 3 * sn).reshape(shape), mean.reshape(shape)))
     return acc.image(), pnr
-
-
-@numba.njit(cache=True, parallel=True)
-def _centred_above(Y, mean, threshold):  # pragma: no cover - numba
-    """``Y - mean`` where it reaches ``threshold``, else 0 (T, P)."""
-    T, P = Y.shape
-    out = np.empty((T, P), np.float32)
-    for t in numba.prange(T):
-        for p in range(P):
-            v = Y[t, p] - mean[p]
-            out[t, p] = v if v >= threshold[p] else np.float32(0.0)
-    return out
 
 
 def residual_seeds(res: InMemorySource, source: InMemorySource, model: Model, fitter, opts,

@@ -9,6 +9,7 @@ store behind under the final name. Movies are (T, H, W) float32 arrays chunked a
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import shutil
@@ -74,7 +75,7 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     """
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
-    for stale in final.parent.glob(f".{final.stem}.tmp-*{final.suffix}"):
+    for stale in final.parent.glob(f".{glob.escape(final.stem)}.tmp-*{glob.escape(final.suffix)}"):
         _remove(stale)
     tmp = _tmp_name(final)
     try:
