@@ -157,6 +157,7 @@ class RingOperator:
     def __init__(self, W: sp.csr_matrix, dec: Decimation):
         self.W = sp.csr_matrix(W, dtype=np.float32)
         self.dec = dec
+        self._by_offset = None
 
     def apply(self, M):
         """``U W D M`` for M (P x K) sparse or dense, or a vector (P,)."""
@@ -167,10 +168,35 @@ class RingOperator:
         """``D^T W^T U^T M``."""
         return self.dec.D.T @ (self.W.T @ (self.dec.U.T @ M))
 
+    def offset_weights(self) -> tuple[np.ndarray, np.ndarray]:
+        """W by ring offset: ``offsets`` (R, 2) (dy, dx) and ``weights`` (R, h_ds, w_ds) float32.
+
+        ``weights[o, y, x]`` is the weight of block ``(y + dy, x + dx)`` in the row of block
+        ``(y, x)`` (0 where there is none), so ``W`` acts on a frame as R shifted products.
+        """
+        if self._by_offset is None:
+            hd, wd = self.dec.shape_ds
+            rows = np.repeat(np.arange(hd * wd), np.diff(self.W.indptr))
+            dy = self.W.indices // wd - rows // wd
+            dx = self.W.indices % wd - rows % wd
+            m = int(max(np.abs(dy).max(initial=0), np.abs(dx).max(initial=0)))
+            key = (dy + m) * (2 * m + 1) + (dx + m)
+            present = np.zeros((2 * m + 1) ** 2, bool)
+            present[key] = True
+            which = np.cumsum(present) - 1  # offset index of each present key
+            codes = np.flatnonzero(present)
+            offsets = np.stack([codes // (2 * m + 1) - m, codes % (2 * m + 1) - m], axis=1).astype(np.int64)
+            weights = np.zeros((len(codes), hd * wd), np.float32)
+            weights[which[key], rows] = self.W.data
+            self._by_offset = (offsets, weights.reshape(len(codes), hd, wd))
+        return self._by_offset
+
     def subtract_from_frames(self, E: np.ndarray) -> None:
         """``E -= (U W D E^T)^T`` in place for frames E (T, P) float32 (no transposed copies)."""
-        V = _ring_rows(self.W.indptr, self.W.indices, self.W.data, self.dec.mean_frames(E))
-        _subtract_blocks(E, V, self.dec.block_of)
+        offsets, weights = self.offset_weights()
+        Z = self.dec.mean_frames(E).reshape(E.shape[0], *self.dec.shape_ds)
+        V = _ring_frames(offsets, weights, Z)
+        _subtract_blocks(E, V.reshape(E.shape[0], -1), self.dec.block_of)
 
 
 def fit_batch_background(summary: Summary, A: sp.csc_matrix, C_b: np.ndarray, dec: Decimation, radius: int,
@@ -209,18 +235,37 @@ def fit_batch_background(summary: Summary, A: sp.csc_matrix, C_b: np.ndarray, de
     return np.asarray(b0, np.float32).ravel(), W
 
 
+#: Frames per task of :func:`_ring_frames` (their rows stay in the L2 cache across offsets).
+RING_FRAME_BLOCK = 8
+
+
 @numba.njit(cache=True, parallel=True, fastmath=True)
-def _ring_rows(indptr, indices, data, Z):  # pragma: no cover
-    """``Z W^T`` for frames Z (T, P_ds) and W in CSR form; one frame per thread."""
-    T, pd = Z.shape
-    out = np.empty((T, pd), np.float32)
-    for t in numba.prange(T):
-        z = Z[t]
-        for i in range(pd):
-            s = np.float32(0.0)
-            for j in range(indptr[i], indptr[i + 1]):
-                s += data[j] * z[indices[j]]
-            out[t, i] = s
+def _ring_frames(offsets, weights, Z):  # pragma: no cover
+    """``(W Z_t)`` of every decimated frame Z (T, h_ds, w_ds), W given by ring offset.
+
+    ``out[t, y, x] = sum_o weights[o, y, x] Z[t, y + dy_o, x + dx_o]`` (terms outside the
+    grid are absent); contiguous inner loops over x, blocks of frames per thread.
+    """
+    T, hd, wd = Z.shape
+    R = offsets.shape[0]
+    out = np.zeros((T, hd, wd), np.float32)
+    nb = (T + RING_FRAME_BLOCK - 1) // RING_FRAME_BLOCK
+    for tb in numba.prange(nb):
+        t0 = tb * RING_FRAME_BLOCK
+        t1 = min(T, t0 + RING_FRAME_BLOCK)
+        for o in range(R):
+            dy = offsets[o, 0]
+            dx = offsets[o, 1]
+            y0, y1 = max(0, -dy), min(hd, hd - dy)
+            x0, x1 = max(0, -dx), min(wd, wd - dx)
+            for t in range(t0, t1):
+                for y in range(y0, y1):
+                    # 1-d row views: the inner loop vectorises
+                    orow = out[t, y, x0:x1]
+                    wrow = weights[o, y, x0:x1]
+                    zrow = Z[t, y + dy, x0 + dx:x1 + dx]
+                    for k in range(x1 - x0):
+                        orow[k] += wrow[k] * zrow[k]
     return out
 
 

@@ -27,6 +27,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import scipy.sparse as sp
 
+from califlow.allocator import keep_freed_memory
 from califlow.cnmfe.data import AlignedStore, MovieSource, load_movie, make_batches
 from califlow.cnmfe.fit import Fitter
 from califlow.cnmfe.model import Model, footprint_centroids, normalize_footprints
@@ -120,6 +121,7 @@ def patch_groups(n_patches: int, n_jobs: int) -> list[list[int]]:
 
 def _patch_worker(args) -> PatchResult:
     path, config, index, workers = args
+    keep_freed_memory()
     p = plan(path, config)
     return _run_one(p, p.patches[index], None, workers=workers)
 
@@ -329,6 +331,7 @@ def run_cnmfe(aligned_path: str | os.PathLike, out_path: str | os.PathLike, conf
         when given, no patch is computed here (gather).
     n_processes : patches run in parallel (default ``cnmfe.n_processes``).
     """
+    keep_freed_memory()
     p = plan(aligned_path, config)
     movie = load_movie(p.store) if p.keep_movie() else None
     if patch_files:
@@ -345,6 +348,7 @@ def run_cnmfe(aligned_path: str | os.PathLike, out_path: str | os.PathLike, conf
 def run_patch_job(aligned_path: str | os.PathLike, out_file: str | os.PathLike, config: Mapping | None,
                   job: int, n_jobs: int) -> list[int]:
     """One scatter job: the patches of group ``job`` of ``n_jobs``, saved to ``out_file``."""
+    keep_freed_memory()
     p = plan(aligned_path, config)
     if not 0 <= job < n_jobs:
         raise InputError(f"patch job {job} is out of range for {n_jobs} jobs")

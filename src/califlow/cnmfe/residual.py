@@ -13,6 +13,7 @@ footprints (where they exceed 20 % of their peak).
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 
 from califlow.cnmfe.background import residual_frames
@@ -39,22 +40,34 @@ def residual_source(source: InMemorySource, model: Model, fitter, cache_bytes: i
     return InMemorySource(load, source.batches, shape=source.shape, cache_bytes=cache_bytes)
 
 
-def window_mean_peak(Y: np.ndarray, k: int) -> np.ndarray:
-    """Largest mean of ``k`` consecutive frames of every column of Y (T, P).
+@numba.njit(cache=True, parallel=True, nogil=True)
+def _window_sum_peak(Y, k):  # pragma: no cover - numba
+    """Largest sum of ``k`` consecutive rows of every column of Y (T, P) (sliding, float64 sums)."""
+    T, P = Y.shape
+    out = np.empty(P, np.float64)
+    block = 256
+    for pb in numba.prange((P + block - 1) // block):
+        p0 = pb * block
+        p1 = min(P, p0 + block)
+        acc = np.zeros(p1 - p0, np.float64)
+        for t in range(k):
+            for p in range(p0, p1):
+                acc[p - p0] += Y[t, p]
+        best = acc.copy()
+        for t in range(k, T):
+            for p in range(p0, p1):
+                acc[p - p0] += np.float64(Y[t, p]) - np.float64(Y[t - k, p])
+                if acc[p - p0] > best[p - p0]:
+                    best[p - p0] = acc[p - p0]
+        out[p0:p1] = best
+    return out
 
-    Means over windows starting at multiples of ``k // 2`` (two staggered reshapes), which
-    is within half a window of the exact running maximum and costs two passes.
-    """
-    T = Y.shape[0]
-    k = max(1, min(int(k), T))
-    best = None
-    for off in sorted({0, k // 2}):
-        n = (T - off) // k
-        if n < 1:
-            continue
-        m = Y[off:off + n * k].reshape(n, k, -1).mean(axis=1).max(axis=0)
-        best = m if best is None else np.maximum(best, m)
-    return best
+
+def window_mean_peak(Y: np.ndarray, k: int) -> np.ndarray:
+    """Largest mean of ``k`` consecutive frames (the peak of the running mean) of every column of Y (T, P)."""
+    Y = np.ascontiguousarray(Y, dtype=np.float32)
+    k = max(1, min(int(k), Y.shape[0]))
+    return (_window_sum_peak(Y, k) / k).astype(np.float32)
 
 
 def correlation_pnr(frames: np.ndarray, shape: tuple[int, int], sn: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -69,7 +82,7 @@ def correlation_pnr(frames: np.ndarray, shape: tuple[int, int], sn: np.ndarray) 
     pnr : ndarray (h, w)
         Peak of the 10-frame mean (:func:`window_mean_peak`) over the noise level ``sn``.
     """
-    from califlow.motion.projections import PNR_MEDIAN_FRAMES, CorrelationAccumulator, above_threshold
+    from califlow.motion.projections import PNR_MEDIAN_FRAMES, CorrelationAccumulator
 
     Y = np.ascontiguousarray(frames, dtype=np.float32)
     mean = Y.mean(axis=0, dtype=np.float64).astype(np.float32)
@@ -77,8 +90,7 @@ def correlation_pnr(frames: np.ndarray, shape: tuple[int, int], sn: np.ndarray) 
     # a window mean of the centred frames is the window mean of the frames minus their mean
     pnr = ((window_mean_peak(Y, PNR_MEDIAN_FRAMES) - mean) / sn).astype(np.float32).reshape(shape)
     acc = CorrelationAccumulator(shape)
-    frames3 = Y.reshape(-1, *shape)
-    acc.add(above_threshold(frames3, (mean + 3 * sn).reshape(shape), mean.reshape(shape)))
+    acc.add(Y.reshape(-1, *shape), (mean + 3 * sn).reshape(shape), mean.reshape(shape))
     return acc.image(), pnr
 
 

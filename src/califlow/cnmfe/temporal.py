@@ -82,20 +82,15 @@ def denoise_traces(Y: np.ndarray, deconv_flag: bool, options: Mapping, g: np.nda
     known = np.zeros(K, bool)
     if g is not None:
         known[rows] = np.isfinite(g[rows]).all(axis=1) & (np.asarray(g)[rows, 0] > 0)
-    fresh = rows[~known[rows]]
-    if fresh.size:
-        res = deconv.deconvolve_cnmfe_batch(Y[fresh], dict(options), sn=sn_fixed, n_threads=n_threads)
-        ok = fresh[res.ok]
-        C[ok], S[ok], sn[ok], g_out[ok] = res.C[res.ok], res.S[res.ok], res.sn[res.ok], res.g[res.ok]
-        b[fresh] = np.where(res.ok, res.b, b[fresh])
-    fixed = dict(options, optimize_pars=False)
-    for k in rows[known[rows]]:
-        try:
-            r = deconv.deconvolve_cnmfe(Y[k], dict(fixed, pars=tuple(float(v) for v in g[k])), sn=sn_fixed)
-        except (ValueError, ArithmeticError, np.linalg.LinAlgError):
+    fresh, reuse = rows[~known[rows]], rows[known[rows]]
+    for sel, opts in ((fresh, dict(options)),
+                      (reuse, dict(options, optimize_pars=False, pars=None if g is None else np.asarray(g)[reuse]))):
+        if sel.size == 0:
             continue
-        C[k], S[k], b[k], sn[k] = r.calcium(), r.s, r.b, r.sn
-        g_out[k] = r.g
+        res = deconv.deconvolve_cnmfe_batch(Y[sel], opts, sn=sn_fixed, n_threads=n_threads)
+        ok = sel[res.ok]
+        C[ok], S[ok], sn[ok], g_out[ok] = res.C[res.ok], res.S[res.ok], res.sn[res.ok], res.g[res.ok]
+        b[sel] = np.where(res.ok, res.b, b[sel])
     return C, S, b, sn, g_out
 
 

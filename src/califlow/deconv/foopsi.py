@@ -242,18 +242,82 @@ def _refit_g(x: np.ndarray, s: np.ndarray, g: tuple, sn: float, n_events: int,
     r0 = ar_roots(np.array(g))[0]
     start = np.array([min(max(r0[0], 0.02), d_cap), min(max(r0[1], 0.01), 0.99 * d_cap)])
 
-    def cost2(v):
-        d, r = v
-        if not (0.0 < r < d <= d_cap):
-            return 1e300
-        return cost((d, r))
-
-    opt = optimize.minimize(cost2, start, method="Nelder-Mead",
-                            options={"xatol": 1e-6, "fatol": 1e-10, "maxiter": 400})
-    d, r = opt.x
+    d, r = _nelder_mead_roots(segs, mask, fit_baseline, start[0], start[1], d_cap, 1e-6, 1e-10, 400)
     if not (0.0 < r < d <= d_cap):
         return g
     return tuple(float(v) for v in ar_from_roots([[d, r]])[0])
+
+
+@numba.njit(cache=True, nogil=True)
+def _roots_cost(v, segs, mask, fit_baseline, d_cap):
+    """Event RSS of AR(2) roots v = (d, r), 1e300 outside 0 < r < d <= d_cap."""
+    if not (0.0 < v[1] < v[0] <= d_cap):
+        return 1e300
+    return _event_rss(v[0], v[1], 2, segs, mask, fit_baseline)
+
+
+@numba.njit(cache=True, nogil=True)
+def _nelder_mead_roots(segs, mask, fit_baseline, d0, r0, d_cap, xatol, fatol, maxiter):  # pragma: no cover
+    """Nelder-Mead minimisation of :func:`_roots_cost` from (d0, r0); returns (d, r).
+
+    The textbook simplex method (reflection 1, expansion 2, contraction 1/2, shrink 1/2;
+    initial simplex 5 % along each axis), stopping when the simplex spans at most
+    ``xatol`` and its values differ by at most ``fatol``, or after ``maxiter`` iterations.
+    """
+    sim = np.empty((3, 2))
+    fsim = np.empty(3)
+    sim[0, 0], sim[0, 1] = d0, r0
+    for k in range(2):
+        sim[k + 1, 0], sim[k + 1, 1] = d0, r0
+        sim[k + 1, k] = 1.05 * sim[k + 1, k] if sim[k + 1, k] != 0 else 0.00025
+    for k in range(3):
+        fsim[k] = _roots_cost(sim[k], segs, mask, fit_baseline, d_cap)
+    order = np.argsort(fsim, kind="mergesort")
+    sim, fsim = sim[order], fsim[order]
+    xbar = np.empty(2)
+    for _ in range(1, maxiter):
+        span = 0.0
+        fspan = 0.0
+        for k in range(1, 3):
+            fspan = max(fspan, abs(fsim[0] - fsim[k]))
+            for j in range(2):
+                span = max(span, abs(sim[k, j] - sim[0, j]))
+        if span <= xatol and fspan <= fatol:
+            break
+        xbar[:] = 0.5 * (sim[0] + sim[1])
+        xr = 2.0 * xbar - sim[2]
+        fxr = _roots_cost(xr, segs, mask, fit_baseline, d_cap)
+        shrink = False
+        if fxr < fsim[0]:
+            xe = 3.0 * xbar - 2.0 * sim[2]
+            fxe = _roots_cost(xe, segs, mask, fit_baseline, d_cap)
+            if fxe < fxr:
+                sim[2], fsim[2] = xe, fxe
+            else:
+                sim[2], fsim[2] = xr, fxr
+        elif fxr < fsim[1]:
+            sim[2], fsim[2] = xr, fxr
+        elif fxr < fsim[2]:
+            xc = 1.5 * xbar - 0.5 * sim[2]
+            fxc = _roots_cost(xc, segs, mask, fit_baseline, d_cap)
+            if fxc <= fxr:
+                sim[2], fsim[2] = xc, fxc
+            else:
+                shrink = True
+        else:
+            xcc = 0.5 * xbar + 0.5 * sim[2]
+            fxcc = _roots_cost(xcc, segs, mask, fit_baseline, d_cap)
+            if fxcc < fsim[2]:
+                sim[2], fsim[2] = xcc, fxcc
+            else:
+                shrink = True
+        if shrink:
+            for k in range(1, 3):
+                sim[k] = sim[0] + 0.5 * (sim[k] - sim[0])
+                fsim[k] = _roots_cost(sim[k], segs, mask, fit_baseline, d_cap)
+        order = np.argsort(fsim, kind="mergesort")
+        sim, fsim = sim[order], fsim[order]
+    return sim[0, 0], sim[0, 1]
 
 
 @numba.njit(cache=True, nogil=True)

@@ -49,7 +49,7 @@ from scipy import ndimage
 from califlow.preprocess.temporal import running_median, window_extent
 
 __all__ = ["CN_BIN_FRAMES", "PNR_MEDIAN_FRAMES", "VESSEL_THRESHOLD", "MIN_VESSEL_PIXELS", "cn_bins",
-           "CorrelationAccumulator", "above_threshold", "vessel_mask", "VesselPulse",
+           "CorrelationAccumulator", "vessel_mask", "VesselPulse",
            "PeakAccumulator", "BinnedCorrelation", "adjust_cn", "median_filter_zero",
            "finish_cn", "finish_pnr"]
 
@@ -64,22 +64,36 @@ MIN_VESSEL_PIXELS = 50
 
 
 @numba.njit(cache=True, parallel=True, nogil=True)
-def _accumulate_pairs(y, s1, s2, sxy):
+def _accumulate_pairs(y, threshold, offset, s1, s2, sxy):  # pragma: no cover - numba
+    """Add the moments of ``v = y - offset`` where ``y >= threshold`` (else 0) of frames (n, h, w).
+
+    One image row per thread; the thresholded rows ``i`` and ``i + 1`` of a frame are formed
+    in two row buffers, so no thresholded copy of the frames is made.
+    """
     n, h, w = y.shape
     for i in numba.prange(h):
+        cur = np.empty(w, np.float64)
+        nxt = np.zeros(w, np.float64)
         for t in range(n):
             for j in range(w):
-                v = np.float64(y[t, i, j])
+                v = y[t, i, j]
+                cur[j] = v - offset[i, j] if v >= threshold[i, j] else 0.0
+            if i + 1 < h:
+                for j in range(w):
+                    v = y[t, i + 1, j]
+                    nxt[j] = v - offset[i + 1, j] if v >= threshold[i + 1, j] else 0.0
+            for j in range(w):
+                v = cur[j]
                 s1[i, j] += v
                 s2[i, j] += v * v
                 if j + 1 < w:
-                    sxy[0, i, j] += v * y[t, i, j + 1]
+                    sxy[0, i, j] += v * cur[j + 1]
                 if i + 1 < h:
-                    sxy[1, i, j] += v * y[t, i + 1, j]
+                    sxy[1, i, j] += v * nxt[j]
                     if j + 1 < w:
-                        sxy[2, i, j] += v * y[t, i + 1, j + 1]
+                        sxy[2, i, j] += v * nxt[j + 1]
                     if j >= 1:
-                        sxy[3, i, j] += v * y[t, i + 1, j - 1]
+                        sxy[3, i, j] += v * nxt[j - 1]
 
 
 class CorrelationAccumulator:
@@ -101,13 +115,22 @@ class CorrelationAccumulator:
         self.s2 = np.zeros(self.shape)
         self.sxy = np.zeros((4,) + self.shape)
 
-    def add(self, block: np.ndarray) -> None:
-        """Add frames, shape (n, h, w)."""
+    def add(self, block: np.ndarray, threshold: np.ndarray | None = None, offset: np.ndarray | None = None) -> None:
+        """Add frames, shape (n, h, w).
+
+        With ``threshold`` and ``offset`` (h, w) the frames enter as ``block - offset`` where
+        ``block >= threshold`` and 0 elsewhere (CNMF-E's thresholded correlation image),
+        without a thresholded copy.
+        """
         block = np.ascontiguousarray(block, dtype=np.float32)
         if block.shape[1:] != self.shape:
             raise ValueError(f"frames {block.shape[1:]} do not match {self.shape}")
+        thr = np.full(self.shape, -np.inf, np.float32) if threshold is None else \
+            np.ascontiguousarray(np.broadcast_to(threshold, self.shape), dtype=np.float32)
+        off = np.zeros(self.shape, np.float32) if offset is None else \
+            np.ascontiguousarray(np.broadcast_to(offset, self.shape), dtype=np.float32)
         if block.shape[0]:
-            _accumulate_pairs(block, self.s1, self.s2, self.sxy)
+            _accumulate_pairs(block, thr, off, self.s1, self.s2, self.sxy)
             self.n += block.shape[0]
 
     def image(self) -> np.ndarray:
@@ -144,30 +167,6 @@ def _subtract_course(frames, dv, beta, out):
         for i in range(h):
             for j in range(w):
                 out[t, i, j] = frames[t, i, j] - d * beta[i, j]
-    return out
-
-
-@numba.njit(cache=True, parallel=True, nogil=True)
-def _above_threshold(frames, threshold, offset, out):
-    n, h, w = frames.shape
-    for t in numba.prange(n):
-        for i in range(h):
-            for j in range(w):
-                v = frames[t, i, j]
-                out[t, i, j] = v - offset[i, j] if v >= threshold[i, j] else np.float32(0.0)
-    return out
-
-
-def above_threshold(frames: np.ndarray, threshold: np.ndarray, offset: np.ndarray,
-                    out: np.ndarray | None = None) -> np.ndarray:
-    """``frames - offset`` where ``frames >= threshold``, else 0 (the input of Cn), float32.
-
-    ``frames`` (n, h, w); ``threshold``, ``offset`` (h, w); ``out`` may be ``frames``.
-    """
-    frames = np.ascontiguousarray(frames, dtype=np.float32)
-    out = np.empty_like(frames) if out is None else out
-    _above_threshold(frames, np.ascontiguousarray(threshold, dtype=np.float32),
-                     np.ascontiguousarray(offset, dtype=np.float32), out)
     return out
 
 
@@ -291,15 +290,15 @@ class BinnedCorrelation:
         self._acc = CorrelationAccumulator(shape)
         self._pos = 0
 
-    def add(self, block: np.ndarray) -> None:
-        """Add the next frames (n, h, w) of the movie."""
+    def add(self, block: np.ndarray, threshold: np.ndarray | None = None, offset: np.ndarray | None = None) -> None:
+        """Add the next frames (n, h, w) of the movie (thresholded as in :meth:`CorrelationAccumulator.add`)."""
         a = 0
         n = block.shape[0]
         while a < n:
             end = int(self.edges[self._bin + 1]) - self._pos
             take = min(n - a, max(end, 0))
             if take > 0:
-                self._acc.add(block[a:a + take])
+                self._acc.add(block[a:a + take], threshold, offset)
                 a += take
                 self._pos += take
             if self._pos >= self.edges[self._bin + 1] and self._bin + 1 < len(self.edges) - 1:

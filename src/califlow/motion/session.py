@@ -533,7 +533,7 @@ def enhance_session(ingest_path: str | os.PathLike, motion_store: str | os.PathL
             if pulse is not None:
                 pulse.remove(y, pulse.course(y), out=y)
             peak_acc.add(y, last=a + len(y) == T)
-            cn_acc.add(proj.above_threshold(y, thr, median_out, out=y))
+            cn_acc.add(y, thr, median_out)
         timings["projection_pass"] = time.perf_counter() - t1
 
     t1 = time.perf_counter()
