@@ -53,13 +53,67 @@ def _disk(r: int) -> np.ndarray:
     return yy ** 2 + xx ** 2 <= r * r
 
 
+@numba.njit(cache=True, nogil=True)
+def _median_inplace(x: np.ndarray) -> float:  # pragma: no cover - numba
+    """Median of a 1-d float32 buffer (reordered in place; quickselect, no allocation)."""
+    n = x.size
+    k = n // 2
+    lo, hi = 0, n - 1
+    while lo < hi:
+        pivot = x[(lo + hi) // 2]
+        i, j = lo, hi
+        while i <= j:
+            while x[i] < pivot:
+                i += 1
+            while x[j] > pivot:
+                j -= 1
+            if i <= j:
+                x[i], x[j] = x[j], x[i]
+                i += 1
+                j -= 1
+        if k <= j:
+            hi = j
+        elif k >= i:
+            lo = i
+        else:
+            break
+    upper = np.float64(x[k])
+    if n % 2:
+        return upper
+    lower = x[0]
+    for q in range(1, k):  # the largest of the k smallest values
+        if x[q] > lower:
+            lower = x[q]
+    return 0.5 * (np.float64(lower) + upper)
+
+
 @numba.njit(cache=True, parallel=True)
-def _row_medians(X: np.ndarray, step: int) -> np.ndarray:  # pragma: no cover - numba
-    """Median of columns ``0, step, 2 step, ...`` of every row of X (P, T)."""
-    P, T = X.shape
-    out = np.empty(P, np.float32)
-    for p in numba.prange(P):
-        out[p] = np.median(X[p, ::step])
+def _centred_transpose(Y: np.ndarray, step: int) -> np.ndarray:  # pragma: no cover - numba
+    """``Y.T`` (P, T) of frames Y (T, P) minus each pixel's median over frames 0, step, 2 step, ...
+
+    Pixels in blocks of 32 per thread: their samples are gathered frame by frame, the
+    medians found by quickselect, then the block is transposed in 32 x 32 tiles.
+    """
+    T, P = Y.shape
+    m = (T + step - 1) // step
+    out = np.empty((P, T), Y.dtype)
+    nb = (P + 31) // 32
+    for pb in numba.prange(nb):
+        p0 = pb * 32
+        p1 = min(P, p0 + 32)
+        samples = np.empty((p1 - p0, m), np.float32)
+        for k in range(m):
+            for p in range(p0, p1):
+                samples[p - p0, k] = Y[k * step, p]
+        med = np.empty(p1 - p0, np.float32)
+        for p in range(p1 - p0):
+            med[p] = _median_inplace(samples[p])
+        for t0 in range(0, T, 32):
+            t1 = min(T, t0 + 32)
+            for p in range(p0, p1):
+                mp = med[p - p0]
+                for t in range(t0, t1):
+                    out[p, t] = Y[t, p] - mp
     return out
 
 
@@ -68,27 +122,8 @@ def centred_pixels(Y_b: np.ndarray, max_frames: int = MEDIAN_FRAMES) -> np.ndarr
 
     The median is taken over at most ``max_frames`` evenly spaced frames.
     """
-    HY = _transpose(np.ascontiguousarray(Y_b, dtype=np.float32))
-    step = max(1, -(-HY.shape[1] // max_frames))
-    HY -= _row_medians(HY, step)[:, None]
-    return HY
-
-
-@numba.njit(cache=True, parallel=True)
-def _transpose(Y: np.ndarray) -> np.ndarray:  # pragma: no cover - numba
-    """C-contiguous ``Y.T`` of a (T, P) array, copied in cache-sized 32 x 32 tiles."""
-    T, P = Y.shape
-    out = np.empty((P, T), Y.dtype)
-    nb = (P + 31) // 32
-    for pb in numba.prange(nb):
-        p0 = pb * 32
-        p1 = min(P, p0 + 32)
-        for t0 in range(0, T, 32):
-            t1 = min(T, t0 + 32)
-            for p in range(p0, p1):
-                for t in range(t0, t1):
-                    out[p, t] = Y[t, p]
-    return out
+    Y_b = np.ascontiguousarray(Y_b, dtype=np.float32)
+    return _centred_transpose(Y_b, max(1, -(-Y_b.shape[0] // max_frames)))
 
 
 def peeled_pnr(hy: np.ndarray) -> float:
@@ -104,6 +139,33 @@ def peeled_pnr(hy: np.ndarray) -> float:
     if sn <= 0:
         return 0.0
     return float(running_median(hy[:, None], PNR_FRAMES).max()) / sn
+
+
+@numba.njit(cache=True, nogil=True, fastmath=True)
+def _box_moments(HY: np.ndarray, pix: np.ndarray, hc: np.ndarray):  # pragma: no cover - numba
+    """One pass over the rows ``pix`` of HY (P, T): their sums, sums of squares and dot
+    products with ``hc`` (each (n,) float64), and the sum of the rows (T,) float32."""
+    n = pix.size
+    T = HY.shape[1]
+    sums = np.empty(n)
+    sq = np.empty(n)
+    num = np.empty(n)
+    total = np.zeros(T, np.float32)
+    for i in range(n):
+        row = HY[pix[i]]
+        s = 0.0
+        ss = 0.0
+        d = 0.0
+        for t in range(T):
+            v = row[t]
+            s += v
+            ss += np.float64(v) * v
+            d += np.float64(v) * hc[t]
+            total[t] += v
+        sums[i] = s
+        sq[i] = ss
+        num[i] = d
+    return sums, sq, num, total
 
 
 def init_seed(HY: np.ndarray, shape: tuple[int, int], y: int, x: int, radius: int, deconv_flag: bool, options,
@@ -129,11 +191,9 @@ def init_seed(HY: np.ndarray, shape: tuple[int, int], y: int, x: int, radius: in
     x0, x1 = max(0, x - radius), min(w, x + radius + 1)
     bh, bw = y1 - y0, x1 - x0
     pix = ((np.arange(y0, y1)[:, None] * w) + np.arange(x0, x1)[None, :]).ravel()
-    box = HY[pix]  # (n, T)
     hc = hy - hy.mean()
-    sums = box.sum(axis=1, dtype=np.float64)
-    sq = np.einsum("ij,ij->i", box, box, dtype=np.float64) - sums * sums / T
-    num = (box @ hc[:, None]).ravel()  # as a GEMM: threaded BLAS GEMV is slow for small sizes
+    sums, sq, num, box_sum = _box_moments(HY, pix, hc)
+    sq -= sums * sums / T
     den = np.sqrt(float(hc @ hc)) * np.sqrt(np.maximum(sq, 0))
     corr = np.where(den > 0, num / np.where(den > 0, den, 1), 0.0)
     corr = np.maximum(corr, 0).reshape(bh, bw)
@@ -147,12 +207,12 @@ def init_seed(HY: np.ndarray, shape: tuple[int, int], y: int, x: int, radius: in
         return None  # no group of correlated pixels: noise, not a neuron
     blob = ndimage.binary_dilation(labels == lab, structure=_disk(BLOB_DILATION)).ravel()
     n_in, n_out = int(blob.sum()), int((~blob).sum())
-    inside = box[blob]
+    inside = HY[pix[blob]]
     in_sum = inside.sum(axis=0)
     c = in_sum / n_in
     if min_pnr > 0 and peeled_pnr(c) < min_pnr:
         return None  # nothing left but noise once the brighter neighbours are peeled off
-    bg = (box.sum(axis=0) - in_sum) / n_out if n_out else np.zeros(T, np.float32)
+    bg = ((box_sum - in_sum) / n_out).astype(np.float32) if n_out else np.zeros(T, np.float32)
     X = np.stack([np.ones(T, np.float32), bg, c], axis=1).astype(np.float32)
     gram = (X.T @ X).astype(np.float64) + 1e-9 * np.eye(3)
     coef = np.linalg.solve(gram, (inside @ X).T.astype(np.float64))  # (3, n_in)

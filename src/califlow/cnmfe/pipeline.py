@@ -16,11 +16,14 @@ movie length.
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import json
 import logging
 import math
 import multiprocessing
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
@@ -119,10 +122,18 @@ def patch_groups(n_patches: int, n_jobs: int) -> list[list[int]]:
     return [list(range(j, n_patches, n_jobs)) for j in range(n_jobs)]
 
 
+#: Plans already made in this (worker) process, by store path and configuration.
+_WORKER_PLANS: dict[tuple[str, str], Plan] = {}
+
+
 def _patch_worker(args) -> PatchResult:
     path, config, index, workers = args
     keep_freed_memory()
-    p = plan(path, config)
+    key = (path, json.dumps(config, sort_keys=True, default=str))
+    if key not in _WORKER_PLANS:
+        _WORKER_PLANS.clear()
+        _WORKER_PLANS[key] = plan(path, config)
+    p = _WORKER_PLANS[key]
     return _run_one(p, p.patches[index], None, workers=workers)
 
 
@@ -157,8 +168,27 @@ def run_patch_group(p: Plan, indices: Sequence[int], movie: np.ndarray | None = 
     # spawned workers (fork is unsafe once numba's OpenMP threads run) rebuild the plan and
     # read their blocks from the store: each patch is computed exactly as in a sequential run
     ctx = multiprocessing.get_context("spawn")
-    with ctx.Pool(workers) as pool:
+    with _worker_threads(max(1, (os.cpu_count() or 1) // workers)), ctx.Pool(workers) as pool:
         return pool.map(_patch_worker, [(str(p.store.path), p.config, i, workers) for i in indices], chunksize=1)
+
+
+#: Environment variables that size the thread pools of numba, OpenMP and BLAS at start-up.
+THREAD_VARIABLES = ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+@contextlib.contextmanager
+def _worker_threads(n: int):
+    """Processes spawned inside start with ``n`` threads per pool (no oversubscription of the cores)."""
+    saved = {k: os.environ.get(k) for k in THREAD_VARIABLES}
+    os.environ.update({k: str(n) for k in THREAD_VARIABLES})
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def stitch(p: Plan, results: Sequence[PatchResult]) -> Model:
@@ -333,12 +363,17 @@ def run_cnmfe(aligned_path: str | os.PathLike, out_path: str | os.PathLike, conf
     """
     keep_freed_memory()
     p = plan(aligned_path, config)
-    movie = load_movie(p.store) if p.keep_movie() else None
-    if patch_files:
-        results = [r for f in patch_files for r in load_patch_results(f)]
-    else:
-        results = run_patch_group(p, range(len(p.patches)), movie=movie,
-                                  n_processes=n_processes or p.opts.n_processes)
+    n_processes = int(n_processes or p.opts.n_processes)
+    # the movie loads while pool workers (which read their blocks from the store) start
+    with ThreadPoolExecutor(max_workers=1) as loader:
+        pending = loader.submit(load_movie, p.store) if p.keep_movie() else None
+        if patch_files:
+            results = [r for f in patch_files for r in load_patch_results(f)]
+        else:
+            in_pool = n_processes > 1 and len(p.patches) > 1
+            results = run_patch_group(p, range(len(p.patches)), n_processes=n_processes,
+                                      movie=None if (in_pool or pending is None) else pending.result())
+        movie = None if pending is None else pending.result()
     ex = gather(p, results, movie=movie)
     write_outputs(p, ex, out_path, cells_path)
     log.info("%d neurons written to %s", ex.C.shape[0], out_path)

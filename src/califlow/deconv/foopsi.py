@@ -20,6 +20,7 @@ factor per frame (``g`` for AR(1), the dominant root for AR(2)).
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -28,7 +29,6 @@ from typing import Callable, Mapping, Sequence
 
 import numba
 import numpy as np
-from scipy import optimize
 
 from califlow.deconv import oasis as _oasis
 from califlow.deconv.estimate import ar_from_roots, ar_roots, estimate_time_constant, get_noise
@@ -236,9 +236,7 @@ def _refit_g(x: np.ndarray, s: np.ndarray, g: tuple, sn: float, n_events: int,
         return _event_rss(r1, r2, len(roots), segs, mask, fit_baseline)
 
     if p == 1:
-        opt = optimize.minimize_scalar(lambda r: cost((r,)), bounds=(0.01, d_cap), method="bounded",
-                                       options={"xatol": 1e-6})
-        return (float(opt.x),)
+        return (_bounded_brent_root(segs, mask, fit_baseline, 0.01, d_cap, 1e-6, 500),)
     r0 = ar_roots(np.array(g))[0]
     start = np.array([min(max(r0[0], 0.02), d_cap), min(max(r0[1], 0.01), 0.99 * d_cap)])
 
@@ -246,6 +244,78 @@ def _refit_g(x: np.ndarray, s: np.ndarray, g: tuple, sn: float, n_events: int,
     if not (0.0 < r < d <= d_cap):
         return g
     return tuple(float(v) for v in ar_from_roots([[d, r]])[0])
+
+
+@numba.njit(cache=True, nogil=True)
+def _bounded_brent_root(segs, mask, fit_baseline, a, b, xatol, maxfun):  # pragma: no cover - numba
+    """Minimise the AR(1) event RSS over the root in [a, b] (Brent's bounded method).
+
+    Golden-section steps with parabolic interpolation (Forsythe, Malcolm and Moler's
+    ``fmin``), stopping when the bracket is within ``xatol`` or after ``maxfun`` evaluations.
+    """
+    sqrt_eps = math.sqrt(2.2e-16)
+    golden_mean = 0.5 * (3.0 - math.sqrt(5.0))
+    fulc = a + golden_mean * (b - a)
+    nfc = fulc
+    xf = fulc
+    rat = 0.0
+    e = 0.0
+    fx = _event_rss(xf, 0.0, 1, segs, mask, fit_baseline)
+    num = 1
+    ffulc = fx
+    fnfc = fx
+    xm = 0.5 * (a + b)
+    tol1 = sqrt_eps * abs(xf) + xatol / 3.0
+    tol2 = 2.0 * tol1
+    while abs(xf - xm) > (tol2 - 0.5 * (b - a)) and num < maxfun:
+        golden = True
+        if abs(e) > tol1:  # try a parabolic step
+            golden = False
+            r = (xf - nfc) * (fx - ffulc)
+            q = (xf - fulc) * (fx - fnfc)
+            pp = (xf - fulc) * q - (xf - nfc) * r
+            q = 2.0 * (q - r)
+            if q > 0.0:
+                pp = -pp
+            q = abs(q)
+            r = e
+            e = rat
+            if abs(pp) < abs(0.5 * q * r) and pp > q * (a - xf) and pp < q * (b - xf):
+                rat = pp / q
+                x = xf + rat
+                if (x - a) < tol2 or (b - x) < tol2:
+                    rat = tol1 if xm - xf >= 0 else -tol1
+            else:
+                golden = True
+        if golden:
+            e = (a - xf) if xf >= xm else (b - xf)
+            rat = golden_mean * e
+        step = max(abs(rat), tol1)
+        x = xf + (step if rat >= 0 else -step)
+        fu = _event_rss(x, 0.0, 1, segs, mask, fit_baseline)
+        num += 1
+        if fu <= fx:
+            if x >= xf:
+                a = xf
+            else:
+                b = xf
+            fulc, ffulc = nfc, fnfc
+            nfc, fnfc = xf, fx
+            xf, fx = x, fu
+        else:
+            if x < xf:
+                a = x
+            else:
+                b = x
+            if fu <= fnfc or nfc == xf:
+                fulc, ffulc = nfc, fnfc
+                nfc, fnfc = x, fu
+            elif fu <= ffulc or fulc == xf or fulc == nfc:
+                fulc, ffulc = x, fu
+        xm = 0.5 * (a + b)
+        tol1 = sqrt_eps * abs(xf) + xatol / 3.0
+        tol2 = 2.0 * tol1
+    return xf
 
 
 @numba.njit(cache=True, nogil=True)
@@ -666,6 +736,12 @@ def _n_workers(n_threads: int | None) -> int:
         return max(1, os.cpu_count() or 1)
 
 
+@functools.lru_cache(maxsize=4)
+def _thread_pool(workers: int) -> ThreadPoolExecutor:
+    """A lasting pool of ``workers`` threads (CNMF-E deconvolves small batches thousands of times)."""
+    return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="califlow-deconv")
+
+
 def _run_batch(Y: np.ndarray, per_trace: Callable[[int], DeconvResult], p: int,
                n_threads: int | None) -> BatchResult:
     K, T = Y.shape
@@ -699,8 +775,7 @@ def _run_batch(Y: np.ndarray, per_trace: Callable[[int], DeconvResult], p: int,
         for k in range(K):
             work(k)
     else:  # the numba kernels release the GIL
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            list(pool.map(work, range(K)))
+        list(_thread_pool(workers).map(work, range(K)))
     return BatchResult(C=C, S=S, b=b, c1=c1, g=g, sn=sn, lam=lam, ok=ok, errors=errors, s_min=thr)
 
 

@@ -82,18 +82,21 @@ def _accumulate_pairs(y, threshold, offset, s1, s2, sxy):  # pragma: no cover - 
                 for j in range(w):
                     v = y[t, i + 1, j]
                     nxt[j] = v - offset[i + 1, j] if v >= threshold[i + 1, j] else 0.0
+            # branch-free loops over 1-d rows (they vectorise)
+            r1, r2, r0 = s1[i], s2[i], sxy[0, i]
             for j in range(w):
-                v = cur[j]
-                s1[i, j] += v
-                s2[i, j] += v * v
-                if j + 1 < w:
-                    sxy[0, i, j] += v * cur[j + 1]
-                if i + 1 < h:
-                    sxy[1, i, j] += v * nxt[j]
-                    if j + 1 < w:
-                        sxy[2, i, j] += v * nxt[j + 1]
-                    if j >= 1:
-                        sxy[3, i, j] += v * nxt[j - 1]
+                r1[j] += cur[j]
+                r2[j] += cur[j] * cur[j]
+            for j in range(w - 1):
+                r0[j] += cur[j] * cur[j + 1]
+            if i + 1 < h:
+                ra, rb, rc = sxy[1, i], sxy[2, i], sxy[3, i]
+                for j in range(w):
+                    ra[j] += cur[j] * nxt[j]
+                for j in range(w - 1):
+                    rb[j] += cur[j] * nxt[j + 1]
+                for j in range(1, w):
+                    rc[j] += cur[j] * nxt[j - 1]
 
 
 class CorrelationAccumulator:
