@@ -168,8 +168,12 @@ def run_patch_group(p: Plan, indices: Sequence[int], movie: np.ndarray | None = 
     # spawned workers (fork is unsafe once numba's OpenMP threads run) rebuild the plan and
     # read their blocks from the store: each patch is computed exactly as in a sequential run
     ctx = multiprocessing.get_context("spawn")
-    with _worker_threads(max(1, (os.cpu_count() or 1) // workers)), ctx.Pool(workers) as pool:
-        return pool.map(_patch_worker, [(str(p.store.path), p.config, i, workers) for i in indices], chunksize=1)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    with _worker_threads(max(1, cores // workers)), ctx.Pool(workers) as pool:
+        results = pool.map(_patch_worker, [(str(p.store.path), p.config, i, workers) for i in indices], chunksize=1)
+        pool.close()
+        pool.join()
+    return results
 
 
 #: Environment variables that size the thread pools of numba, OpenMP and BLAS at start-up.
