@@ -840,7 +840,8 @@ def deconvolve_cnmfe_batch(Y, deconv_options: Mapping | None = None, sn=None,
                            n_threads: int | None = None) -> BatchResult:
     """:func:`deconvolve_cnmfe` on every row of ``Y`` (K, T), sn/g estimated vectorised.
 
-    ``sn`` may be None, a scalar or a (K,) array. ``BatchResult.C`` is the denoised calcium
+    ``sn`` may be None, a scalar or a (K,) array; ``deconv_options['pars']`` may hold one
+    (p,) or one row per trace (K, p) of AR coefficients. ``BatchResult.C`` is the denoised calcium
     (``c + c1 h``, baseline excluded) and ``BatchResult.b`` the baselines.
     """
     Y = _as_batch(Y)
