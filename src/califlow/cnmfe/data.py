@@ -118,8 +118,8 @@ class AlignedStore:
             When the window holds a non-finite value (names the first bad frame).
         """
         data = np.asarray(self.movie[t0:t1, ys, xs], dtype=np.float32)
-        if not np.isfinite(data).all():
-            bad = int(np.nonzero(~np.isfinite(data).reshape(data.shape[0], -1).all(axis=1))[0][0])
+        bad = _first_nonfinite_frame(data.reshape(data.shape[0], -1))
+        if bad >= 0:
             raise InputError(f"{self.path}/movie: frame {t0 + bad} holds NaN or infinite values "
                              f"(rows {ys.start}:{ys.stop}, columns {xs.start}:{xs.stop})")
         return data
@@ -137,6 +137,16 @@ class AlignedStore:
         cn = cn / top if top > 0 else cn
         pnr = np.nan_to_num(self.pnr, nan=0.0).max(axis=0)
         return cn.astype(np.float32), pnr.astype(np.float32)
+
+
+@numba.njit(cache=True, nogil=True)
+def _first_nonfinite_frame(X: np.ndarray) -> int:  # pragma: no cover - numba
+    """Index of the first row of X (n, P) holding a NaN or infinite value, -1 if none (no temporaries)."""
+    for t in range(X.shape[0]):
+        for p in range(X.shape[1]):
+            if not np.isfinite(X[t, p]):
+                return t
+    return -1
 
 
 def make_batches(sessions: Sequence[dict], n_frames: int, batch_sz: int) -> list[tuple[int, int]]:
