@@ -128,12 +128,12 @@ _WORKER_PLANS: dict[tuple[str, str], Plan] = {}
 
 def _patch_worker(args) -> PatchResult:
     path, config, index, workers = args
-    keep_freed_memory()
     key = (path, json.dumps(config, sort_keys=True, default=str))
     if key not in _WORKER_PLANS:
         _WORKER_PLANS.clear()
         _WORKER_PLANS[key] = plan(path, config)
     p = _WORKER_PLANS[key]
+    keep_freed_memory(p.keep_movie())
     return _run_one(p, p.patches[index], None, workers=workers)
 
 
@@ -365,8 +365,8 @@ def run_cnmfe(aligned_path: str | os.PathLike, out_path: str | os.PathLike, conf
         when given, no patch is computed here (gather).
     n_processes : patches run in parallel (default ``cnmfe.n_processes``).
     """
-    keep_freed_memory()
     p = plan(aligned_path, config)
+    keep_freed_memory(p.keep_movie())  # speed in memory; out of core, peak RSS first
     n_processes = int(n_processes or p.opts.n_processes)
     # the movie loads while pool workers (which read their blocks from the store) start
     with ThreadPoolExecutor(max_workers=1) as loader:
@@ -387,8 +387,8 @@ def run_cnmfe(aligned_path: str | os.PathLike, out_path: str | os.PathLike, conf
 def run_patch_job(aligned_path: str | os.PathLike, out_file: str | os.PathLike, config: Mapping | None,
                   job: int, n_jobs: int) -> list[int]:
     """One scatter job: the patches of group ``job`` of ``n_jobs``, saved to ``out_file``."""
-    keep_freed_memory()
     p = plan(aligned_path, config)
+    keep_freed_memory(p.keep_movie())
     if not 0 <= job < n_jobs:
         raise InputError(f"patch job {job} is out of range for {n_jobs} jobs")
     idx = patch_groups(len(p.patches), n_jobs)[job]
