@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import scipy.sparse as sp
 
 from califlow.cnmfe.background import RingOperator, fit_ring, residual_frames, ring_offsets, ring_radius_ds
@@ -269,3 +270,37 @@ def test_residual_frames_equal_the_explicit_model():
     expected = (E - op.apply(E)).T
     np.testing.assert_allclose(residual_frames(Y, A, C, b0, op), expected, atol=1e-4)
     np.testing.assert_allclose(residual_frames(Y, A, C, b0, None), E.T, atol=1e-5)
+
+
+def test_window_mean_peak_is_the_running_mean_maximum():
+    from califlow.cnmfe.residual import window_mean_peak
+
+    rng = np.random.default_rng(5)
+    Y = rng.standard_normal((203, 37)).astype(np.float32)
+    k = 10
+    brute = np.stack([Y[t:t + k].mean(axis=0) for t in range(203 - k + 1)]).max(axis=0)
+    assert np.allclose(window_mean_peak(Y, k), brute, atol=1e-6)
+    assert np.allclose(window_mean_peak(Y[:5], k), Y[:5].mean(axis=0), atol=1e-6)  # shorter than k
+
+
+@pytest.mark.parametrize("T", [1000, 999])
+def test_centred_pixels_subtract_the_sampled_median(T):
+    from califlow.cnmfe.initialize import centred_pixels
+
+    rng = np.random.default_rng(6)
+    Y = (rng.standard_normal((T, 70)) + np.arange(70)).astype(np.float32)
+    Y[:, 3] = 2.0  # ties
+    ref = Y.T - np.median(Y[::4], axis=0)[:, None]
+    assert np.array_equal(centred_pixels(Y), ref.astype(np.float32))
+
+
+def test_allocator_can_be_set_and_restored():
+    import platform
+
+    from califlow.allocator import keep_freed_memory
+
+    expected = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+    assert keep_freed_memory(True) is expected
+    assert keep_freed_memory(False) is expected
+    x = np.ones(10_000_000, np.float32)  # large blocks still work either way
+    assert float(x.sum()) == 1e7

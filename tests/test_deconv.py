@@ -355,3 +355,49 @@ def test_cvxpy_fallback_and_bad_solver(monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_cvxpy)
     with pytest.raises(ConfigError, match="pip install 'califlow\\[cvxpy\\]'"):
         deconvolve(y, g=[0.95], sn=0.3, method="cvxpy")
+
+
+def _event_segments(roots, n_events=10, length=60, noise=0.01, seed=0):
+    """Events that are sums of exponentials with the given roots (random amplitudes) plus noise."""
+    rng = np.random.default_rng(seed)
+    k = np.arange(length)
+    segs = np.zeros((n_events, length))
+    for j in range(n_events):
+        for r in roots:
+            segs[j] += rng.uniform(0.5, 2.0) * (1 if r == roots[0] else -1) * r ** k
+    segs += noise * rng.standard_normal(segs.shape)
+    return segs, np.ones(segs.shape, bool)
+
+
+def test_numba_refits_recover_true_roots_and_match_scipy():
+    from scipy import optimize
+
+    from califlow.deconv.foopsi import _bounded_brent_root, _event_rss, _nelder_mead_roots, _roots_cost
+
+    # AR(2): true roots (0.95, 0.5); Nelder-Mead from (0.9, 0.3)
+    segs, mask = _event_segments((0.95, 0.5))
+    d, r = _nelder_mead_roots(segs, mask, False, 0.9, 0.3, 0.99, 1e-6, 1e-10, 400)
+    assert abs(d - 0.95) < 2e-3 and abs(r - 0.5) < 3e-2
+    ref = optimize.minimize(lambda v: _roots_cost(np.asarray(v, float), segs, mask, False, 0.99), [0.9, 0.3],
+                            method="Nelder-Mead", options={"xatol": 1e-6, "fatol": 1e-10, "maxiter": 400})
+    assert np.allclose([d, r], ref.x, atol=1e-5)
+    # AR(1): true root 0.9; bounded Brent on [0.01, 0.99]
+    segs1, mask1 = _event_segments((0.9,), seed=1)
+    root = _bounded_brent_root(segs1, mask1, True, 0.01, 0.99, 1e-6, 500)
+    assert abs(root - 0.9) < 2e-3
+    ref1 = optimize.minimize_scalar(lambda v: _event_rss(v, 0.0, 1, segs1, mask1, True), bounds=(0.01, 0.99),
+                                    method="bounded", options={"xatol": 1e-6})
+    assert abs(root - ref1.x) < 1e-6
+
+
+def test_cnmfe_batch_takes_one_ar_model_per_row():
+    rng = np.random.default_rng(3)
+    Y = np.stack([np.convolve(rng.random(400) < 0.03, 0.9 ** np.arange(60))[:400] for _ in range(3)])
+    Y = (Y + 0.1 * rng.standard_normal(Y.shape)).astype(np.float32)
+    g = np.array([[0.9], [0.8], [0.95]])
+    opts = {"type": "ar1", "method": "foopsi", "smin": -3, "optimize_pars": False}
+    batch = deconvolve_cnmfe_batch(Y, dict(opts, pars=g), n_threads=2)
+    for k in range(3):
+        one = deconvolve_cnmfe(Y[k], dict(opts, pars=tuple(g[k])))
+        assert np.allclose(batch.C[k], one.calcium(), atol=1e-5)
+        assert batch.g[k, 0] == pytest.approx(g[k, 0])

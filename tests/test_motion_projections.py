@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from califlow.motion import projections as proj
 
@@ -73,3 +74,20 @@ def test_constant_course_gives_zero_beta():
     pulse.add(frames, np.full(50, 2.0))
     assert np.all(pulse.finish() == 0)
     np.testing.assert_allclose(pulse.remove(frames, np.full(50, 2.0)), frames)
+
+
+def test_thresholded_correlation_equals_the_explicit_copy():
+    rng = np.random.default_rng(4)
+    y = rng.standard_normal((50, 9, 11)).astype(np.float32)
+    thr = rng.uniform(-0.5, 0.5, (9, 11)).astype(np.float32)
+    off = rng.uniform(-0.2, 0.2, (9, 11)).astype(np.float32)
+    fused = proj.CorrelationAccumulator((9, 11))
+    fused.add(y, thr, off)
+    explicit = proj.CorrelationAccumulator((9, 11))
+    explicit.add(np.where(y >= thr, y - off, 0).astype(np.float32))
+    assert np.array_equal(fused.image(), explicit.image())
+    # the explicit image is the mean Pearson correlation with the in-image neighbours
+    z = np.where(y >= thr, y - off, 0).astype(np.float64)
+    r = np.corrcoef(z[:, 4, 5], z[:, 4, 6])[0, 1]
+    assert fused.sxy[0, 4, 5] / 50 - z[:, 4, 5].mean() * z[:, 4, 6].mean() == pytest.approx(
+        r * z[:, 4, 5].std() * z[:, 4, 6].std(), rel=1e-6)
