@@ -177,3 +177,32 @@ def test_no_seed_gives_empty_outputs(aligned, tmp_path):
     g = zarr.open_group(str(tmp_path / "cnmfe.zarr"), mode="r")
     assert ex.C.shape[0] == 0 and g["A"].shape == (0, 80, 80) and g["A_sessions"].shape == (2, 0, 80, 80)
     assert len((tmp_path / "cells.csv").read_text().splitlines()) == 1
+
+
+def test_iterate_compares_traces_with_the_previous_iteration(aligned):
+    """The convergence test sees the traces before the iteration (not views updated in place)."""
+    from califlow.cnmfe.data import InMemorySource
+    from califlow.cnmfe.fit import Fitter
+    from califlow.cnmfe.initialize import initialize
+
+    p = plan(aligned, CONFIG)
+    movie = zarr.open_group(str(aligned), mode="r")["movie"][...]
+    source = InMemorySource(lambda b: np.array(movie[p.batches[b][0]:p.batches[b][1]]), p.batches,
+                            shape=movie.shape[1:])
+    model = initialize(source, p.seeds, np.arange(len(p.seeds)), p.opts)
+    assert model.K >= 5
+    # traces far from the fit: the first iteration changes them a lot, so one is not enough
+    rng = np.random.default_rng(0)
+    model.C = (model.C * 0 + rng.random(model.C.shape)).astype(np.float32)
+    seen = []
+    fitter = Fitter(source, p.opts)
+    original = fitter.update_background
+
+    def spy(m):
+        seen.append(m.C.copy())
+        original(m)
+
+    fitter.update_background = spy
+    n = fitter.iterate(model, 3)
+    assert n >= 2, "iterate stopped after one iteration although the traces changed"
+    assert len(seen) == n

@@ -47,20 +47,20 @@ def test_seeds_are_thresholded_local_maxima_brightest_first():
     for (y, x, c, p) in [(5, 5, 0.9, 20), (20, 8, 0.5, 10), (15, 25, 0.05, 30), (25, 25, 0.8, 4)]:
         cn += c * _gauss(y, x, 1.5, (30, 30))
         pnr += p * _gauss(y, x, 1.5, (30, 30))
-    seeds, score = find_seeds(cn, pnr, min_corr=0.1, min_pnr=6, window=3)
+    seeds, score = find_seeds(cn, pnr, min_corr=0.1, min_pnr=6, radius=1.5)
     # (15,25) fails min_corr, (25,25) fails min_pnr
     assert seeds.tolist() == [[5, 5], [20, 8]]
     assert score[0] > score[1]
     mask = np.ones((30, 30), bool)
     mask[5, 5] = False
-    seeds, _ = find_seeds(cn, pnr, min_corr=0.1, min_pnr=6, window=3, mask=mask)
+    seeds, _ = find_seeds(cn, pnr, min_corr=0.1, min_pnr=6, radius=1.5, mask=mask)
     assert [5, 5] not in seeds.tolist()
 
 
 def test_local_maxima_keeps_one_pixel_per_plateau():
     img = np.zeros((10, 10))
     img[3:5, 3:5] = 1.0
-    assert local_maxima(img, 3).sum() == 1
+    assert local_maxima(img, 1.5).sum() == 1
 
 
 # --- patches -------------------------------------------------------------------------------

@@ -325,7 +325,7 @@ def motion_rmse(est, true) -> tuple[float, float]:
 
 
 def score_extraction(gt, A_est, C_est, S_est=None, session_bounds=None, active_est=None, *,
-                     register: bool = True, **match_kw) -> dict:
+                     register: bool = True, valid=None, **match_kw) -> dict:
     """All scores of a concatenated extraction against a :class:`~califlow.simulate.GroundTruth`.
 
     Parameters
@@ -336,6 +336,11 @@ def score_extraction(gt, A_est, C_est, S_est=None, session_bounds=None, active_e
     C_est : (M, T_total) calcium traces; S_est : (M, T_total) spikes or None.
     session_bounds : (S+1,) frame bounds (default ``gt.session_bounds``).
     active_est : (M, S) bool presence flags per session (default: present everywhere).
+    valid : (H, W) bool, optional
+        The part of the reference frame the extraction covered (e.g. what the motion crop and
+        the alignment kept).  True neurons whose centre lies outside are left out of every
+        score, and so are estimates matched to them or unmatched with their centroid outside
+        (a neuron cut by the border is neither found nor missed).
 
     Returns
     -------
@@ -347,22 +352,59 @@ def score_extraction(gt, A_est, C_est, S_est=None, session_bounds=None, active_e
     bounds = gt.session_bounds if session_bounds is None else np.asarray(session_bounds)
     A_true = gt.footprints_ref
     A_est = _as_stack(A_est, "A_est")
+    C_true, S_true, act_true = gt.C, gt.S, gt.active
+    if valid is not None:
+        keep_t, keep_e = _covered(valid, gt.centers_ref, A_true, A_est, register, match_kw)
+        A_true, C_true, S_true, act_true = A_true[keep_t], C_true[keep_t], S_true[keep_t], act_true[keep_t]
+        A_est, C_est = A_est[keep_e], np.asarray(C_est)[keep_e]
+        S_est = None if S_est is None else np.asarray(S_est)[keep_e]
+        active_est = None if active_est is None else np.asarray(active_est)[keep_e]
     match = match_neurons(A_true, A_est, register=register, **match_kw)
     fr = footprint_correlation(A_true, A_est, match)
-    tr = trace_correlation(gt.C, C_est, match, bounds)
-    act = gt.active[match.true_idx]
+    tr = trace_correlation(C_true, C_est, match, bounds)
+    act = act_true[match.true_idx]
     out = dict(precision=match.precision, recall=match.recall, f1=match.f1, n_true=match.n_true,
                n_est=match.n_est, n_matched=match.n_matched, shift=match.shift.tolist(),
                footprint_r=float(np.nanmedian(fr)) if fr.size else float("nan"),
                trace_r=float(np.nanmedian(np.where(act, tr, np.nan))) if tr.size else float("nan"),
                trace_r_sessions=tr, match=match)
     if S_est is not None:
-        sr = spike_correlation(gt.S, S_est, match, 5, bounds)
+        sr = spike_correlation(S_true, S_est, match, 5, bounds)
         out["spike_r"] = float(np.nanmedian(np.where(act, sr, np.nan))) if sr.size else float("nan")
         out["spike_r_sessions"] = sr
     kw = dict(match_kw)
     if register and match.n_est and match.n_true:
         A_est = ndimage.shift(A_est, (0, *match.shift), order=1, mode="constant", cval=0.0)
-    assign = session_assignments(A_true, gt.active, A_est, active_est, **kw)
-    out["tracking"] = tracking_f1(assign, gt.active, np.ones_like(assign, bool) if active_est is None else active_est)
+    assign = session_assignments(A_true, act_true, A_est, active_est, **kw)
+    out["tracking"] = tracking_f1(assign, act_true, np.ones_like(assign, bool) if active_est is None else active_est)
     return out
+
+
+def _covered(valid, centers, A_true, A_est, register, match_kw) -> tuple[np.ndarray, np.ndarray]:
+    """Masks of the true and estimated neurons :func:`score_extraction` counts inside ``valid``."""
+    valid = np.asarray(valid, bool)
+    keep_t = _inside(valid, centers)
+    m = match_neurons(A_true, A_est, register=register, **match_kw)
+    keep_e = _inside(valid, _centres_of_mass(A_est))
+    keep_e[m.est_idx] = keep_t[m.true_idx]
+    return keep_t, keep_e
+
+
+def _centres_of_mass(A: np.ndarray) -> np.ndarray:
+    """Intensity centroids (K, 2) of footprints (K, H, W) (NaN for empty ones)."""
+    K, h, w = A.shape
+    mass = A.reshape(K, -1).sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cy = (A.sum(axis=2) @ np.arange(h)) / mass
+        cx = (A.sum(axis=1) @ np.arange(w)) / mass
+    return np.stack([cy, cx], axis=1)
+
+
+def _inside(valid: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """Whether each (y, x) point rounds to a True pixel of ``valid``."""
+    p = np.asarray(points, np.float64).reshape(-1, 2)
+    ok = np.isfinite(p).all(axis=1)
+    yi = np.clip(np.rint(np.nan_to_num(p[:, 0])).astype(int), 0, valid.shape[0] - 1)
+    xi = np.clip(np.rint(np.nan_to_num(p[:, 1])).astype(int), 0, valid.shape[1] - 1)
+    inside = (np.rint(np.nan_to_num(p[:, 0])) == yi) & (np.rint(np.nan_to_num(p[:, 1])) == xi)
+    return ok & inside & valid[yi, xi]

@@ -198,7 +198,7 @@ class Fitter:
         between each component's trace before and after an iteration is below ``tol``.
         """
         for it in range(n_iter):
-            before = {int(i): c for i, c in zip(model.ids, model.C)}
+            before = {int(i): c.copy() for i, c in zip(model.ids, model.C)}  # rows are updated in place
             self.update_background(model)
             self.update_spatial(model)
             self.update_temporal(model)

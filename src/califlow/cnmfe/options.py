@@ -60,9 +60,13 @@ class CnmfeOptions:
 
     # ---- derived sizes ------------------------------------------------------------------
     @property
-    def local_max_window(self) -> int:
-        """Side of the square window in which a seed must be the maximum (px)."""
-        return max(1, round_half_up(self.gSig))
+    def local_max_radius(self) -> float:
+        """Radius of the disk in which a seed must be the maximum (px): gSig / 2, at least 1.5.
+
+        Continuous in gSig (CaliAli's square window of side ``round(gSig)`` is even, hence
+        off-centre, for gSig in [1.5, 2.5) and [3.5, 4.5)); 1.5 px holds the 8-neighbourhood.
+        """
+        return max(1.5, 0.5 * self.gSig)
 
     @property
     def contrast_window(self) -> int:

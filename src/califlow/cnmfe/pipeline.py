@@ -105,7 +105,7 @@ def plan(aligned_path: str | os.PathLike, config: Mapping | None = None) -> Plan
     cfg = resolve_config(config or {})
     Cn, PNR = store.global_projections()
     vessels = store.vessel_mask(opts.bv_threshold) if opts.remove_BV else None
-    seeds, score = find_seeds(Cn, PNR, min_corr=opts.min_corr, min_pnr=opts.min_pnr, window=opts.local_max_window,
+    seeds, score = find_seeds(Cn, PNR, min_corr=opts.min_corr, min_pnr=opts.min_pnr, radius=opts.local_max_radius,
                               mask=None if vessels is None else ~vessels, min_contrast=opts.min_contrast,
                               contrast_window=opts.contrast_window)
     batches = make_batches(store.sessions, store.shape[0], opts.batch_sz)

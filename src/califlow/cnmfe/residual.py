@@ -126,6 +126,6 @@ def residual_seeds(res: InMemorySource, source: InMemorySource, model: Model, fi
     if allowed is not None:
         mask &= allowed
     seeds, _ = find_seeds(cn_scaled, pnr_r, min_corr=opts.min_corr, min_pnr=opts.min_pnr,
-                          window=opts.local_max_window, mask=mask, min_contrast=opts.min_contrast,
+                          radius=opts.local_max_radius, mask=mask, min_contrast=opts.min_contrast,
                           contrast_window=opts.contrast_window)
     return seeds

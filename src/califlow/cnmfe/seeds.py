@@ -23,17 +23,28 @@ import warnings
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["find_seeds", "local_maxima", "local_level"]
+__all__ = ["find_seeds", "local_maxima", "local_level", "disk_footprint"]
 
 
-def local_maxima(image: np.ndarray, window: int) -> np.ndarray:
-    """Boolean mask of pixels equal to the maximum of their ``window`` x ``window`` box.
+def disk_footprint(radius: float) -> np.ndarray:
+    """Boolean disk of the integer offsets within ``radius`` px of the centre, (2 r + 1, 2 r + 1)."""
+    r = max(0.0, float(radius))
+    n = int(np.floor(r + 1e-9))
+    yy, xx = np.mgrid[-n:n + 1, -n:n + 1]
+    return yy ** 2 + xx ** 2 <= r * r + 1e-9
 
-    Zero padding (as MATLAB ``ordfilt2``); on a plateau of equal values only the first
-    pixel in raster order is kept, so flat tops give one seed.
+
+def local_maxima(image: np.ndarray, radius: float) -> np.ndarray:
+    """Boolean mask of pixels equal to the maximum of the disk of ``radius`` px around them.
+
+    The neighbourhood is symmetric (the pixels within ``radius`` of the centre; at least
+    the 8-neighbourhood is used, ``radius`` >= sqrt 2), so two adjacent pixels can both be
+    maxima only when they are tied; on such a plateau of equal values only the first
+    pixel in raster order is kept.  Zero padding (as MATLAB ``ordfilt2``).
     """
     img = np.asarray(image, dtype=np.float64)
-    mx = ndimage.maximum_filter(img, size=int(window), mode="constant", cval=0.0)
+    fp = disk_footprint(max(float(radius), np.sqrt(2.0)))
+    mx = ndimage.maximum_filter(img, footprint=fp, mode="constant", cval=0.0)
     peaks = (img == mx) & (img > 0)
     if not peaks.any():
         return peaks
@@ -96,7 +107,7 @@ def local_level(image: np.ndarray, window: int, valid: np.ndarray | None = None,
                                    ).astype(np.float32)
 
 
-def find_seeds(cn: np.ndarray, pnr: np.ndarray, *, min_corr: float, min_pnr: float, window: int,
+def find_seeds(cn: np.ndarray, pnr: np.ndarray, *, min_corr: float, min_pnr: float, radius: float,
                mask: np.ndarray | None = None, min_contrast: float = 0.0, contrast_window: int = 41
                ) -> tuple[np.ndarray, np.ndarray]:
     """Seed pixels, brightest first.
@@ -107,8 +118,8 @@ def find_seeds(cn: np.ndarray, pnr: np.ndarray, *, min_corr: float, min_pnr: flo
         Global correlation image (CaliAli scale, max 1) and peak-to-noise ratio image.
     min_corr, min_pnr : float
         A seed needs ``cn >= min_corr`` and ``pnr >= min_pnr``.
-    window : int
-        Side of the local-maximum window (``max(1, round(gSig))``).
+    radius : float
+        Radius (px) of the disk in which a seed must be the maximum (:func:`local_maxima`).
     mask : ndarray (H, W) bool, optional
         Where seeds are allowed (also the pixels the local level is taken over).
     min_contrast : float
@@ -134,7 +145,7 @@ def find_seeds(cn: np.ndarray, pnr: np.ndarray, *, min_corr: float, min_pnr: flo
         ok &= np.asarray(mask, bool)
     if min_contrast > 0:
         ok &= v >= min_contrast * local_level(v, contrast_window, mask)
-    peaks = local_maxima(v, window) & ok
+    peaks = local_maxima(v, radius) & ok
     ys, xs = np.nonzero(peaks)
     score = v[ys, xs]
     order = np.lexsort((xs, ys, -score))  # brightest first, ties in raster order
