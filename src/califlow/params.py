@@ -24,6 +24,8 @@ __all__ = [
     "default_config",
     "validate_config",
     "resolve_config",
+    "apply_neuron_size",
+    "numeric_gsig",
     "load_config",
     "read_config_file",
     "parse_number_list",
@@ -258,25 +260,21 @@ def total_memory_gb() -> float:
 def resolve_config(config: Mapping) -> dict:
     """Validate and resolve derived defaults.
 
-    Derived values (written into every output's attrs):
+    Derived values (written into every output's attrs), from gSig and the measured neuron
+    diameter (:mod:`califlow.sizes`):
 
     - ``downsampling.BVsize`` = [0.6, 0.9] * gSig when empty;
     - ``cnmfe.min_pixel`` = round(gSig^2) when empty;
     - ``cnmfe.gSiz`` = 4 * gSig (neuron box size, pixels);
     - ``cnmfe.memory_size_to_use`` = total system memory (GB) when null;
     - ``spike_extraction`` 'auto' strings become None and ``g`` a list of floats.
+
+    With ``general.gSig: auto`` the gSig-derived values stay empty until
+    :func:`apply_neuron_size` sets gSig from a measurement.
     """
     cfg = validate_config(config)
-    gsig = float(cfg["general"]["gSig"])
-    if not cfg["downsampling"]["BVsize"]:
-        cfg["downsampling"]["BVsize"] = [round(0.6 * gsig, 6), round(0.9 * gsig, 6)]
+    _derive_sizes(cfg)
     cn = cfg["cnmfe"]
-    mp = cn["min_pixel"]
-    if mp in ([], None):
-        cn["min_pixel"] = max(1, round_half_up(gsig ** 2))
-    elif isinstance(mp, list):
-        cn["min_pixel"] = int(mp[0])
-    cn["gSiz"] = 4 * gsig
     if cn["memory_size_to_use"] is None:
         cn["memory_size_to_use"] = round(total_memory_gb(), 2)
     cfg["inter_session_alignment"]["Force_BV"] = bool(cfg["inter_session_alignment"]["Force_BV"])
@@ -287,6 +285,99 @@ def resolve_config(config: Mapping) -> dict:
     og = se["optimize_g"]
     se["optimize_g"] = 10 if og is True else int(og)  # true = refit on 10 isolated events
     return cfg
+
+
+def _derive_sizes(cfg: dict) -> None:
+    """Fill the gSig-derived defaults of a validated config in place (nothing while gSig is 'auto')."""
+    from califlow import sizes
+
+    gen = cfg["general"]
+    if gen["gSig"] == "auto":
+        return
+    gsig = float(gen["gSig"])
+    if not cfg["downsampling"]["BVsize"]:
+        cfg["downsampling"]["BVsize"] = sizes.bv_size(gsig)
+    cn = cfg["cnmfe"]
+    mp = cn["min_pixel"]
+    if mp in ([], None):
+        cn["min_pixel"] = sizes.min_pixel(gsig)
+    elif isinstance(mp, list):
+        cn["min_pixel"] = int(mp[0])
+    cn["gSiz"] = sizes.gsiz(gsig)
+
+
+def numeric_gsig(cfg: Mapping) -> float:
+    """``general.gSig`` of a resolved config as a number.
+
+    Raises
+    ------
+    ConfigError
+        When gSig is still 'auto' (the caller must apply a measured neuron size first).
+    """
+    value = cfg["general"]["gSig"]
+    if value == "auto":
+        raise ConfigError("config key 'general.gSig' is 'auto' but no neuron size was measured for these data; "
+                          "run the neuron_size step (results/ANIMAL/neuron_size.json) or set gSig to a number")
+    return float(value)
+
+
+def apply_neuron_size(config: Mapping, size: Mapping | None) -> dict:
+    """Resolved config whose gSig follows the measured neuron size (:mod:`califlow.sizes`).
+
+    Parameters
+    ----------
+    config : mapping
+        A configuration (resolved or not).
+    size : mapping or None
+        A :class:`califlow.neuron_size.NeuronSize` as a dict (``diameter``, ``gsig``,
+        ``reason``), e.g. the ``measured`` entry of ``neuron_size.json``; None when none was
+        measured.
+
+    Returns
+    -------
+    dict
+        ``general.neuron_diameter`` = the measured diameter when it was empty; ``general.gSig``
+        = the measured gSig when it was 'auto', else :func:`califlow.sizes.effective_gsig`
+        of the configured one (raised to the data's floor, never lowered); the values
+        derived from gSig follow it unless they were set by hand.
+
+    Raises
+    ------
+    ConfigError
+        gSig is 'auto' and no neuron size is known (the measurement's reason is given).
+    """
+    from califlow import sizes
+
+    cfg = validate_config(config)
+    gen = cfg["general"]
+    diameter = float(size["diameter"]) if size and size.get("diameter") is not None else float("nan")
+    if gen.get("neuron_diameter") is None and math.isfinite(diameter):
+        gen["neuron_diameter"] = round(diameter, 3)
+    known = gen.get("neuron_diameter")
+    if gen["gSig"] == "auto":
+        if known is None:
+            why = (size or {}).get("reason") or "no measurement was given"
+            raise ConfigError(f"config key 'general.gSig' is 'auto' but the neuron size could not be measured "
+                              f"({why}); set gSig to a number")
+        new = round(float(known) / sizes.DIAMETER_PER_GSIG, 3)
+    else:
+        old = float(gen["gSig"])
+        new = round(sizes.effective_gsig(old, known), 3)
+        if new != old:
+            _forget_derived(cfg, old)
+    gen["gSig"] = new
+    return resolve_config(cfg)
+
+
+def _forget_derived(cfg: dict, gsig: float) -> None:
+    """Empty the gSig-derived values that still hold what ``gsig`` derived (so they follow a new gSig)."""
+    from califlow import sizes
+
+    ds, cn = cfg["downsampling"], cfg["cnmfe"]
+    if list(ds["BVsize"]) == sizes.bv_size(gsig):
+        ds["BVsize"] = []
+    if cn["min_pixel"] == sizes.min_pixel(gsig):
+        cn["min_pixel"] = []
 
 
 def read_config_file(path: str | Path) -> dict:

@@ -35,6 +35,7 @@ from califlow.align.quality import alignment_metrics
 from califlow.align.score import bv_stability_score
 from califlow.align.translation import groupwise_translation
 from califlow.errors import InputError
+from califlow.params import numeric_gsig
 
 __all__ = ["Alignment", "align_sessions", "align_options", "save_alignment", "load_alignment", "STAGES"]
 
@@ -135,7 +136,7 @@ def align_options(config: Mapping[str, Any]) -> dict:
         "bv_score_threshold": float(g.get("bv_score_threshold", 2.7)),
         "fov_policy": g.get("fov_policy", "crop"),
         "max_fov_loss": float(g.get("max_fov_loss", 0.3)),
-        "gSig": float(config.get("general", {}).get("gSig", 2.5)),
+        "gSig": numeric_gsig(config) if "gSig" in config.get("general", {}) else 2.5,
     }
     for key, arg in (("nonrigid_smoothness", "smoothness"), ("nonrigid_rounds", "n_rounds"),
                      ("bv_score_draws", "bv_score_draws"), ("bv_score_seed", "seed"),

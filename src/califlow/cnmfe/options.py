@@ -11,17 +11,19 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping
 
-from califlow.params import ConfigError, resolve_config, round_half_up
+from califlow import sizes
+from califlow.params import ConfigError, numeric_gsig, resolve_config, round_half_up
 
 __all__ = ["CnmfeOptions", "options_from_config"]
+
 
 
 @dataclass(frozen=True)
 class CnmfeOptions:
     """Resolved CNMF-E parameters (pixels of the aligned movie, frames).
 
-    Attributes mirror the ``cnmfe`` config group; ``gSig`` comes from ``general`` and
-    ``fps`` from the aligned store.  Derived sizes are properties.
+    Attributes mirror the ``cnmfe`` config group; ``gSig`` comes from ``general`` and ``fps``
+    from the aligned store.  Derived sizes are properties (:mod:`califlow.sizes`).
     """
 
     gSig: float = 2.5
@@ -58,40 +60,31 @@ class CnmfeOptions:
     final_deconv: Mapping[str, Any] = field(default_factory=lambda: {
         "type": "ar2", "method": "constrained", "smin": 0, "optimize_pars": True, "max_tau": 100})
 
-    # ---- derived sizes ------------------------------------------------------------------
+    # ---- derived sizes (califlow.sizes) ------------------------------------------------
     @property
     def local_max_radius(self) -> float:
-        """Radius of the disk in which a seed must be the maximum (px): gSig / 2, at least 1.5.
-
-        Continuous in gSig (CaliAli's square window of side ``round(gSig)`` is even, hence
-        off-centre, for gSig in [1.5, 2.5) and [3.5, 4.5)); 1.5 px holds the 8-neighbourhood.
-        """
-        return max(1.5, 0.5 * self.gSig)
+        """Radius of the disk in which a seed must be the maximum (px)."""
+        return sizes.local_max_radius(self.gSig)
 
     @property
     def contrast_window(self) -> int:
-        """Side of the neighbourhood whose median Cn*PNR a seed must exceed ``min_contrast`` times (4 gSiz + 1, px)."""
-        return 4 * max(1, round_half_up(self.gSiz)) + 1
+        """Side of the neighbourhood whose median Cn*PNR a seed must exceed ``min_contrast`` times (px)."""
+        return sizes.contrast_window(self.gSig)
 
     @property
     def box_radius(self) -> int:
         """Half-width of the box cut around a seed at initialisation (6 gSig, px)."""
-        return max(2, round_half_up(6 * self.gSig))
+        return sizes.box_radius(self.gSig)
 
     @property
     def ring_radius(self) -> int:
         """Ring radius of the background model in full-resolution pixels (bg_neuron_factor * gSiz)."""
-        return max(1, round_half_up(self.bg_neuron_factor * self.gSiz))
+        return max(1, round_half_up(sizes.ring_radius(self.gSig, self.bg_neuron_factor)))
 
     @property
     def search_radius(self) -> int:
         """Radius (px) of the dilation that gives the spatial search support (bSiz = 5 with dendrites)."""
         return 5 if self.with_dendrites else max(2, round_half_up(self.gSig))
-
-    @property
-    def neuron_radius(self) -> float:
-        """Typical neuron radius (px), used for distances between seeds: gSiz / 2."""
-        return self.gSiz / 2.0
 
     def to_dict(self) -> dict:
         out = asdict(self)
@@ -120,7 +113,7 @@ def options_from_config(config: Mapping | None = None, *, fps: float | None = No
     """
     cfg = resolve_config(config or {})
     cn = cfg["cnmfe"]
-    gsig = float(cfg["general"]["gSig"])
+    gsig = numeric_gsig(cfg)
     rate = float(fps) if fps else float(cfg["general"]["sf"])
     if not rate > 0:
         raise ConfigError(f"cnmfe: frame rate must be > 0, got {rate!r}")

@@ -16,6 +16,7 @@ import os
 
 import numpy as np
 
+from califlow import sizes
 from califlow.io.store import atomic_output, create_image, create_movie, open_group, set_provenance
 
 __all__ = ["write_aligned_store"]
@@ -70,7 +71,7 @@ def write_aligned_store(animal, path: str | os.PathLike, *, gsig: float = 2.5, d
             e = _enhance(first, fps, gsig, detrend_s, sn1, None, value_range)
             sn2 = np.maximum(get_sn(e), 1e-3)
             med = np.median(e / sn2, axis=0)
-            bvs.append(bv_image(np.median(first, axis=0), (0.6 * gsig, 0.9 * gsig)))
+            bvs.append(bv_image(np.median(first, axis=0), sizes.bv_size(gsig)))
             corr = BinnedCorrelation((h, w), n)
             peak = PeakAccumulator((h, w))
             for a in range(0, n, chunk):

@@ -62,7 +62,8 @@ from califlow.motion.nonrigid import NonRigidMotion, estimate_nonrigid_motion
 from califlow.motion.rigid import RigidMotion, estimate_rigid_motion, read_frames, sample_indices
 from califlow.motion.vessels import bv_image
 from califlow.motion.warp import translate_stack, valid_box
-from califlow.params import resolve_config
+from califlow import sizes
+from califlow.params import numeric_gsig, resolve_config
 from califlow.preprocess.detrend import DetrendStream, detrend_block, detrend_context
 from califlow.preprocess.enhance import neuron_enhance
 from califlow.preprocess.noise import NoiseAccumulator, smooth_noise_map
@@ -333,8 +334,7 @@ def _open_ingest(ingest_path) -> tuple[zarr.Array, float | None]:
 
 
 def _bv_size(cfg: Mapping) -> list[float]:
-    gsig = float(cfg["general"]["gSig"])
-    return list(cfg["downsampling"]["BVsize"] or [0.6 * gsig, 0.9 * gsig])
+    return list(cfg["downsampling"]["BVsize"] or sizes.bv_size(numeric_gsig(cfg)))
 
 
 def correct_motion(ingest_path: str | os.PathLike, motion_csv: str | os.PathLike,
@@ -360,7 +360,7 @@ def correct_motion(ingest_path: str | os.PathLike, motion_csv: str | os.PathLike
     name = name or str(ingest_path)
     movie, _ = _open_ingest(ingest_path)
     T, H, W = (int(v) for v in movie.shape)
-    gsig = float(cfg["general"]["gSig"])
+    gsig = numeric_gsig(cfg)
     bv_size = _bv_size(cfg)
     chunk = int(pp["chunk_frames"])
     timings: dict[str, float] = {}
@@ -449,7 +449,7 @@ def enhance_session(ingest_path: str | os.PathLike, motion_store: str | os.PathL
     movie, fps = _open_ingest(ingest_path)
     T, H, W = (int(v) for v in movie.shape)
     fps = fps or float(gen["sf"])
-    gsig = float(gen["gSig"])
+    gsig = numeric_gsig(cfg)
     chunk = int(pp["chunk_frames"])
     shifts, box, nonrigid, motion_info = _read_motion_store(motion_store, T)
     h, w = box[1] - box[0], box[3] - box[2]

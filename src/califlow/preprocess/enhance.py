@@ -9,8 +9,9 @@ The steps, with ``szad = 2 * gSig`` px (Lu et al. 2018, as CaliAli applies them)
 3. anisotropic (Perona-Malik) diffusion, 8 neighbours, 4 iterations, ``dt = 1/7``,
    ``kappa = 0.5``, conductance ``exp(-(grad / kappa)**2)``, diagonal terms weighted 1/2,
    zero-flux borders;
-4. subtract the grey-scale opening by a flat disk of radius ``round_half_up(szad)`` px
-   (an exact disk; MATLAB's ``strel('disk', r, 8)`` is an octagonal approximation).
+4. subtract the grey-scale opening by a flat disk of radius ``szad`` px (an exact disk of
+   real radius, so it grows continuously with gSig; MATLAB rounds the radius and its
+   ``strel('disk', r, 8)`` is an octagonal approximation).
 
 The result is >= 0 and has the blob-like neurons on a flat zero background.
 """
@@ -21,7 +22,7 @@ import cv2
 import numba
 import numpy as np
 
-from califlow.params import round_half_up
+from califlow.sizes import enhance_disk_radius, speck_sigma
 from califlow.preprocess.filters import filter_stack, gaussian_kernel_size, opening_stack
 
 __all__ = ["fill_dark_specks", "anisotropic_diffusion", "remove_background", "neuron_enhance"]
@@ -130,7 +131,7 @@ def anisotropic_diffusion(stack: np.ndarray, n_iter: int = 4, dt: float = 1.0 / 
     return out[0] if single else out
 
 
-def remove_background(stack: np.ndarray, radius: int) -> np.ndarray:
+def remove_background(stack: np.ndarray, radius: float) -> np.ndarray:
     """Top-hat: each frame minus its opening by a disk of ``radius`` px (>= 0), float32."""
     return opening_stack(stack, radius, top_hat=True)
 
@@ -156,7 +157,6 @@ def neuron_enhance(stack: np.ndarray, gsig: float, value_range: tuple[float, flo
     lo, hi = value_range if value_range is not None else (float(arr.min()), float(arr.max()))
     span = float(hi) - float(lo)
     scaled = (arr - np.float32(lo)) * np.float32(1.0 / span if span > 0 else 1.0)
-    szad = 2.0 * float(gsig)
-    out = fill_dark_specks(scaled, szad)
+    out = fill_dark_specks(scaled, speck_sigma(gsig))
     out = anisotropic_diffusion(out)
-    return remove_background(out, max(1, round_half_up(szad)))
+    return remove_background(out, max(1.0, enhance_disk_radius(gsig)))

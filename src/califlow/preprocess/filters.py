@@ -161,9 +161,12 @@ def _disk_opening_kernel(stack, half_widths, top_hat, out):
     return out
 
 
-def opening_stack(stack: np.ndarray, radius: int, top_hat: bool = False) -> np.ndarray:
+def opening_stack(stack: np.ndarray, radius: float, top_hat: bool = False) -> np.ndarray:
     """Grey-scale morphological opening of each frame by a flat disk of ``radius`` px
     (``top_hat=True``: the white top-hat ``max(frame - opening, 0)`` instead).
+
+    ``radius`` may be fractional: the disk is the pixels within ``radius`` of its centre,
+    so it grows continuously with the radius (identical to MATLAB's at integer radii).
 
     As MIN1PIPE's ``bg_remove``: the frame is padded by ``radius`` px (replicate), opened
     with windows clipped to the padded frame (MATLAB ``imopen``), and cropped back. The disk
@@ -175,11 +178,12 @@ def opening_stack(stack: np.ndarray, radius: int, top_hat: bool = False) -> np.n
     arr = np.asarray(stack, dtype=np.float32)
     single = arr.ndim == 2
     s3 = np.ascontiguousarray(arr[None] if single else arr)
-    r = int(radius)
-    if r < 0:
+    R = float(radius)
+    if not R >= 0:
         raise ValueError(f"opening radius must be >= 0, got {radius}")
+    r = int(np.floor(R + 1e-9))
     dy = np.arange(-r, r + 1)
-    half_widths = np.floor(np.sqrt(np.maximum(r * r - dy * dy, 0) + 1e-9)).astype(np.int64)
+    half_widths = np.floor(np.sqrt(np.maximum(R * R - dy * dy, 0) + 1e-9)).astype(np.int64)
     out = np.empty_like(s3)
     if s3.shape[0]:
         _disk_opening_kernel(s3, half_widths, bool(top_hat), out)

@@ -7,6 +7,7 @@ intensities in digital numbers (DN) of the written movie above the dark ``offset
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -104,6 +105,38 @@ class SimulationConfig:
                             amplitude=self.amplitude * scale, local_amp=self.local_amp * scale,
                             read_noise=self.read_noise * scale, gain=self.gain * scale)
 
+    def with_neuron_diameter(self, diameter: float, *, max_side: int = 512, min_neurons: int = 40,
+                             keep_fov: bool = False) -> "SimulationConfig":
+        """The same preparation with neurons of ``diameter`` px (half-maximum diameter).
+
+        As if the tissue were imaged at another magnification: lengths tied to the neuron
+        size (``min_spacing``, ``edge_margin``, and ``halo_sigma``, ``local_sigma`` when they
+        grow) scale by ``f = diameter / neuron_diameter``; the field of view grows by ``f``
+        up to ``max_side`` px per side (unless ``keep_fov``), and the neuron count follows the
+        area in neuron units, with at least ``min_neurons``, so that the relative density
+        stays that of this configuration wherever the field allows it.
+        """
+        f = float(diameter) / float(self.neuron_diameter)
+        h, w = self.height, self.width
+        if not keep_fov and f > 1:
+            h = int(min(round(h * f), max(max_side, h)))
+            w = int(min(round(w * f), max(max_side, w)))
+        area = (h * w) / (self.height * self.width)
+        n = max(int(min_neurons), int(round(self.n_neurons * area / f ** 2)))
+        return self.replace(neuron_diameter=float(diameter), height=h, width=w, n_neurons=n,
+                            min_spacing=self.min_spacing * f, edge_margin=max(3.0, self.edge_margin * f),
+                            halo_sigma=self.halo_sigma * max(1.0, f), local_sigma=self.local_sigma * max(1.0, f))
+
+    def with_density(self, spacing: float, fill: float) -> "SimulationConfig":
+        """Neurons at least ``spacing`` diameters apart whose half-maximum disks cover ``fill`` of the field.
+
+        The default preset covers about 0.05; 0.015 is sparse, and ``spacing`` < 1 with
+        ``fill`` 0.2 gives touching and overlapping neurons.
+        """
+        d = float(self.neuron_diameter)
+        n = max(1, int(round(fill * self.height * self.width / (math.pi * d * d / 4))))
+        return self.replace(n_neurons=n, min_spacing=float(spacing) * d)
+
     def to_dict(self) -> dict:
         """Plain-dict form (JSON-safe)."""
         out = dataclasses.asdict(self)
@@ -197,6 +230,18 @@ PRESETS: dict[str, SimulationConfig] = {
                                    halo_sigma=15.0, deformation_scale=100.0, n_vessels=8,
                                    vessel_width=(3.0, 12.0), translation=20.0, deformation=6.0,
                                    motion_std=2.5, jump_max=6.0),
+    # the range labs record (issue: robust extraction); see docs/simulator.md
+    "small_neurons": _BASE.with_neuron_diameter(5.0),
+    "large_neurons": _BASE.with_neuron_diameter(16.0),
+    "huge_neurons": _BASE.with_neuron_diameter(20.0),
+    "ca1": _BASE.replace(footprint_bank="CA1", neuron_diameter=8.0),
+    "sparse": _BASE.with_density(2.0, 0.015),
+    "touching": _BASE.with_density(0.8, 0.2),
+    "pnr3": _BASE.replace(amplitude=11.4),
+    "pnr20": _BASE.replace(amplitude=75.7),
+    "vessel_rich": _BASE.replace(n_vessels=10, vessels=0.6, vessel_width=(3.0, 10.0), vessel_pulse=0.15),
+    "inscopix": _BASE.replace(height=400, width=640, n_sessions=3, frames_per_session=2000, n_neurons=220,
+                              min_spacing=7.0).as_uint16(scale=16.0),
 }
 
 

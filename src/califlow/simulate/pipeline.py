@@ -18,7 +18,7 @@ from typing import Mapping
 
 import numpy as np
 
-__all__ = ["write_ingest_store", "run_chain", "ChainResult", "footprints_in_reference"]
+__all__ = ["write_ingest_store", "run_chain", "ChainResult", "footprints_in_reference", "measure_neuron_size"]
 
 
 def write_ingest_store(path: str | os.PathLike, movie: np.ndarray, fps: float, chunk: int = 500) -> Path:
@@ -35,12 +35,37 @@ def write_ingest_store(path: str | os.PathLike, movie: np.ndarray, fps: float, c
 
 
 class ChainResult(dict):
-    """One chain run: keys ``aligned``, ``cnmfe`` (paths), ``extraction``, ``A_reference`` (the
+    """One chain run: keys ``aligned``, ``cnmfe`` (paths), ``extraction``, ``gsig`` (used),
+    ``diameter_estimate`` (measured, px, or None), ``A_reference`` (the
     footprints in the simulator's reference frame, (K, H, W)), ``valid_reference`` (the part of
     the reference frame the aligned movie covers, (H, W) bool) and ``timings``."""
 
 
-def _sessions_to_aligned(animal, work: Path, config: Mapping, timings: dict) -> Path:
+def measure_neuron_size(animal, config: Mapping | None = None, n_frames: int | None = None):
+    """The workflow's neuron-size measurement (rule ``neuron_size``) on the animal's raw sessions.
+
+    A sample of ``n_frames`` consecutive frames (default :data:`califlow.neuron_size.SAMPLE_FRAMES`)
+    from the middle of every session, rigid motion corrected, pooled over sessions.
+    """
+    from califlow.neuron_size import SAMPLE_FRAMES, measure_sessions, stabilised_sample
+    from califlow.params import resolve_config
+
+    cfg = resolve_config(dict(config or {}))
+    gsig = cfg["general"]["gSig"]
+    gsig = 2.5 if gsig == "auto" else float(gsig)
+    bv = cfg["downsampling"]["BVsize"] or [0.6 * gsig, 0.9 * gsig]
+    n = int(n_frames or SAMPLE_FRAMES)
+    samples = []
+    for s in range(animal.n_sessions):
+        T = animal.n_frames(s)
+        a = max(0, (T - n) // 2)
+        frames = animal.session_frames(s, a, min(T, a + n))
+        samples.append((stabilised_sample(frames, bv_size=bv, gsig=gsig), animal.ground_truth.fps))
+    pooled, _ = measure_sessions(samples, detrend_s=float(cfg["preprocessing"]["detrend"]))
+    return pooled
+
+
+def _sessions_to_aligned(animal, work: Path, config: Mapping, timings: dict, ingest_dir: Path) -> Path:
     from califlow.align import align_options, align_sessions, concatenate, read_projections, save_alignment
     from califlow.motion.session import run_session
 
@@ -50,8 +75,9 @@ def _sessions_to_aligned(animal, work: Path, config: Mapping, timings: dict) -> 
     for s, name in enumerate(names):
         d = work / name
         d.mkdir(parents=True, exist_ok=True)
-        ingest = d / "ingest.zarr"
+        ingest = ingest_dir / name / "ingest.zarr"
         if not ingest.exists():
+            ingest.parent.mkdir(parents=True, exist_ok=True)
             write_ingest_store(ingest, animal.session_frames(s), animal.ground_truth.fps)
         run_session(ingest, d, config, name=name)
         outs.append(d)
@@ -100,15 +126,19 @@ def footprints_in_reference(A: np.ndarray, workdir: str | os.PathLike, animal, s
 
 
 def run_chain(animal, workdir: str | os.PathLike, config: Mapping | None = None, *,
-              aligned: bool = False) -> ChainResult:
+              aligned: bool = False, ingest_dir: str | os.PathLike | None = None) -> ChainResult:
     """Run the workflow's library chain for one simulated animal.
 
     Parameters
     ----------
     animal : SimulatedAnimal
     workdir : folder for the stores (created; existing ``ingest.zarr`` stores are reused).
-    config : califlow configuration (partial; defaults fill the rest).
+    config : califlow configuration (partial; defaults fill the rest).  The neuron size is
+        measured first (:func:`measure_neuron_size`) and applied as the workflow does
+        (:func:`califlow.params.apply_neuron_size`: ``gSig: auto``, ``neuron_diameter``).
     aligned : render the sessions in the reference frame and skip motion and alignment.
+    ingest_dir : folder of the ``sessionN/ingest.zarr`` stores (default ``workdir``; written
+        when absent, so runs with other parameters can share them).
 
     Returns
     -------
@@ -116,12 +146,15 @@ def run_chain(animal, workdir: str | os.PathLike, config: Mapping | None = None,
     paths and ``timings`` (s per stage).
     """
     from califlow.cnmfe import run_cnmfe
-    from califlow.params import resolve_config
+    from califlow.params import apply_neuron_size
 
     work = Path(workdir)
     work.mkdir(parents=True, exist_ok=True)
-    cfg = resolve_config(dict(config or {}))
     timings: dict[str, float] = {}
+    t = time.perf_counter()
+    size = measure_neuron_size(animal, config)
+    cfg = apply_neuron_size(dict(config or {}), size.to_dict())
+    timings["neuron_size_s"] = time.perf_counter() - t
     if aligned:
         from califlow.cnmfe.simulated import write_aligned_store
 
@@ -130,7 +163,7 @@ def run_chain(animal, workdir: str | os.PathLike, config: Mapping | None = None,
         write_aligned_store(animal, store, gsig=float(cfg["general"]["gSig"]))
         timings["sessions_s"] = time.perf_counter() - t
     else:
-        store = _sessions_to_aligned(animal, work, cfg, timings)
+        store = _sessions_to_aligned(animal, work, cfg, timings, Path(ingest_dir) if ingest_dir else work)
     t = time.perf_counter()
     ex = run_cnmfe(store, work / "cnmfe.zarr", cfg)
     timings["cnmfe_s"] = time.perf_counter() - t
@@ -140,4 +173,5 @@ def run_chain(animal, workdir: str | os.PathLike, config: Mapping | None = None,
         A_ref = footprints_in_reference(ex.A, work, animal)
         valid = footprints_in_reference(np.ones((1, *ex.A.shape[1:]), np.float32), work, animal)[0] > 0.5
     return ChainResult(aligned=store, cnmfe=work / "cnmfe.zarr", extraction=ex, timings=timings, A_reference=A_ref,
-                       valid_reference=valid)
+                       valid_reference=valid, gsig=float(cfg["general"]["gSig"]),
+                       diameter_estimate=None if not size.ok else round(size.diameter, 3))

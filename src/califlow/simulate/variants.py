@@ -1,10 +1,9 @@
-"""The range labs record: neuron size, density, signal level, camera and field of view.
+"""Signal level of a simulated animal as users quote it: the median single-pixel PNR.
 
-:func:`with_neuron_diameter` rescales a configuration to another neuron size as if the same
-tissue were imaged at another magnification (spacing, margins, halo and field of view grow
-with the neurons, the neuron count follows the area); :func:`median_pixel_pnr` measures the
-signal level of a simulated animal the way users quote it, and :func:`with_pixel_pnr` sets
-it.  The named presets built from them live in :data:`califlow.simulate.PRESETS`.
+:func:`median_pixel_pnr` measures it from the ground truth and :func:`with_pixel_pnr` sets
+it (the ``pnr3`` / ``pnr20`` presets were calibrated with it).  Size, density, camera and
+field of view are set by :meth:`SimulationConfig.with_neuron_diameter`,
+:meth:`SimulationConfig.with_density` and :meth:`SimulationConfig.as_uint16`.
 """
 
 from __future__ import annotations
@@ -13,57 +12,7 @@ import numpy as np
 
 from califlow.simulate.config import SimulationConfig
 
-__all__ = ["with_neuron_diameter", "median_pixel_pnr", "with_pixel_pnr", "with_density"]
-
-#: The neuron diameter the base presets are drawn for (px, at half maximum).
-BASE_DIAMETER = 7.0
-
-
-def with_neuron_diameter(config: SimulationConfig, diameter: float, *, max_side: int = 512,
-                         min_neurons: int = 40, keep_fov: bool = False) -> SimulationConfig:
-    """The same preparation with neurons of ``diameter`` px (half-maximum diameter).
-
-    Lengths tied to the neuron size (``min_spacing``, ``edge_margin``, ``halo_sigma``,
-    ``local_sigma``) scale by ``diameter / config.neuron_diameter``.  The field of view grows
-    by the same factor up to ``max_side`` px per side (unless ``keep_fov``), and the neuron
-    count follows the area in neuron units, with at least ``min_neurons``, so that the
-    relative density stays that of ``config`` wherever the field allows it.
-
-    Parameters
-    ----------
-    config : SimulationConfig
-    diameter : float
-        Target median half-maximum diameter (px), > 0.
-    max_side : int
-        Largest side of the scaled field of view (px).
-    min_neurons : int
-        Fewest neurons placed.
-    keep_fov : bool
-        Keep ``height`` and ``width`` (only the neurons change).
-    """
-    f = float(diameter) / float(config.neuron_diameter)
-    if keep_fov:
-        h, w = config.height, config.width
-    else:
-        grow = max(1.0, f)
-        h = int(min(max(config.height, round(config.height * grow)), max(max_side, config.height)))
-        w = int(min(max(config.width, round(config.width * grow)), max(max_side, config.width)))
-    area = (h * w) / (config.height * config.width)
-    n = max(int(min_neurons), int(round(config.n_neurons * area / f ** 2)))
-    return config.replace(neuron_diameter=float(diameter), height=h, width=w, n_neurons=n,
-                          min_spacing=config.min_spacing * f, edge_margin=max(3.0, config.edge_margin * f),
-                          halo_sigma=config.halo_sigma * max(1.0, f), local_sigma=config.local_sigma * max(1.0, f))
-
-
-def with_density(config: SimulationConfig, spacing_diameters: float, fill: float) -> SimulationConfig:
-    """Neurons at least ``spacing_diameters`` diameters apart, covering ``fill`` of the field.
-
-    ``fill`` is the summed half-maximum disk area over the field area (0.05: sparse,
-    0.6 and a spacing below 1: touching and overlapping).
-    """
-    d = float(config.neuron_diameter)
-    n = max(1, int(round(fill * config.height * config.width / (np.pi * d * d / 4))))
-    return config.replace(n_neurons=n, min_spacing=spacing_diameters * d)
+__all__ = ["median_pixel_pnr", "with_pixel_pnr"]
 
 
 def median_pixel_pnr(animal) -> float:
