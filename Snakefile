@@ -21,6 +21,7 @@ wildcard_constraints:
 
 
 include: "workflow/rules/ingest.smk"
+include: "workflow/rules/neuron_size.smk"
 include: "workflow/rules/session.smk"
 include: "workflow/rules/cohort.smk"
 include: "workflow/rules/extract.smk"

@@ -22,7 +22,9 @@ from the raw sessions, :mod:`califlow.neuron_size`).  Scores come from
 field-of-view crop are left out): precision, recall, F1, median trace r, median spike r
 (5-frame bins) and pairwise tracking F1.
 
-Results are appended to ``--out`` (JSON lines, one per cell; cells already there are not
+gSig is raised to the floor the measured neuron size sets (:mod:`califlow.sizes`), so
+several columns of a row often run with the same gSig: they are one run (deterministic),
+marked "(= column)" in the table.  Results are appended to ``--out`` (JSON lines, one per cell; cells already there are not
 run again) and printed as a table with the targets: F1 >= 0.95 (default, uint16) and
 >= 0.85 (dense_lowsnr) for gSig in d/6 ... d/4 and auto; no cell below F1 0.5.
 """
@@ -66,19 +68,33 @@ def gsig_value(label: str, diameter: float) -> float | str:
     return float(label)
 
 
-def run_cell(animal, work: Path, gsig, aligned: bool, ingest_dir: Path) -> dict:
+def effective_gsig(animal, gsig, sizes_cache: dict) -> tuple[float, dict]:
+    """The gSig the chain will use (after the measured floor) and the neuron-size measurement."""
+    from califlow.params import apply_neuron_size
+    from califlow.simulate.pipeline import measure_neuron_size
+
+    key = "auto" if gsig == "auto" else "numeric"
+    if key not in sizes_cache:  # the measurement does not depend on a numeric gSig's value
+        sizes_cache[key] = measure_neuron_size(animal, {"general": {"gSig": gsig}})
+    size = sizes_cache[key]
+    cfg = apply_neuron_size({"general": {"gSig": gsig}}, size["measured"])
+    return float(cfg["general"]["gSig"]), size
+
+
+def run_cell(animal, work: Path, gsig, aligned: bool, ingest_dir: Path, size: dict) -> dict:
     from califlow.metrics import score_extraction
     from califlow.simulate.pipeline import run_chain
 
     t = time.perf_counter()
-    res = run_chain(animal, work, {"general": {"gSig": gsig}}, aligned=aligned, ingest_dir=ingest_dir)
+    res = run_chain(animal, work, {"general": {"gSig": gsig}}, aligned=aligned, ingest_dir=ingest_dir,
+                    neuron_size=size)
     ex = res["extraction"]
     r = score_extraction(animal.ground_truth, res["A_reference"], ex.C, ex.S, active_est=ex.active,
                          valid=res["valid_reference"])
     out = {k: (round(float(r[k]), 3) if r[k] == r[k] else None) for k in
            ("precision", "recall", "f1", "trace_r", "spike_r")}
     out.update(n_true=int(r["n_true"]), n_est=int(r["n_est"]), tracking_f1=round(float(r["tracking"]["f1"]), 3),
-               gsig_used=res.get("gsig"), diameter_estimate=res.get("diameter_estimate"),
+               gsig_used=res["gsig"], diameter_estimate=res["diameter_estimate"],
                wall_s=round(time.perf_counter() - t, 1), timings={k: round(v, 1) for k, v in res["timings"].items()})
     return out
 
@@ -97,7 +113,8 @@ def print_table(cells: list[dict]) -> None:
         ok = (c["f1"] or 0) >= need
         misses += not ok
         used = c.get("gsig_used")
-        print(f"| {c['condition']} | {c['diameter']:g} | {c['gsig']} | {used if used is not None else ''} | "
+        used = "" if used is None else f"{used:g}" + (f" (= {c['same_run_as']})" if c.get("same_run_as") else "")
+        print(f"| {c['condition']} | {c['diameter']:g} | {c['gsig']} | {used} | "
               f"{c['precision']} | {c['recall']} | {c['f1']} | {c['trace_r']} | {c['spike_r']} | "
               f"{c['tracking_f1']} | {c['wall_s']} | {'ok' if ok else 'MISS'} (>= {need}) |")
     print(f"{len(cells)} cells, {misses} below target")
@@ -138,6 +155,8 @@ def main(argv=None) -> None:
             cfg = animal_config(cond, d, args.sessions, args.frames, args.max_side)
             animal = simulate_animal(cfg, seed=args.seed)
             row_dir = workdir / f"{cond}_d{d:g}"
+            sizes_cache: dict = {}
+            by_gsig: dict = {}  # cells of this row that run with the same effective gSig are one run
             for label in args.gsig:
                 cell = {"condition": cond, "diameter": d, "gsig": label, "aligned": args.aligned,
                         "fov": [cfg.height, cfg.width], "n_neurons": cfg.n_neurons, "seed": args.seed,
@@ -145,8 +164,14 @@ def main(argv=None) -> None:
                 if _key(cell) in done:
                     ran.append(done[_key(cell)])
                     continue
-                cell.update(run_cell(animal, row_dir / label.replace("/", "_"), gsig_value(label, d), args.aligned,
-                                     row_dir / "ingest"))
+                used, size = effective_gsig(animal, gsig_value(label, d), sizes_cache)
+                if used in by_gsig:
+                    cell.update({k: v for k, v in by_gsig[used].items() if k not in cell})
+                    cell["same_run_as"] = by_gsig[used]["gsig"]
+                else:
+                    cell.update(run_cell(animal, row_dir / label.replace("/", "_"), gsig_value(label, d), args.aligned,
+                                         row_dir / "ingest", size))
+                    by_gsig[used] = cell
                 print(json.dumps(cell), flush=True)
                 with open(args.out, "a") as fh:
                     fh.write(json.dumps(cell) + "\n")

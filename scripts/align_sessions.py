@@ -9,6 +9,7 @@ stages, the translations, the BV score and the path taken (BV / neuron fallback 
 """
 
 from califlow.align import align_options, align_sessions, read_projections, save_alignment, save_overlays
+from califlow.neuron_size_step import job_config
 from califlow.progress import script_logging
 
 
@@ -18,7 +19,7 @@ def main(smk) -> None:
         paths = list(smk.input.projections)
         log.info("aligning %d sessions: %s", len(names), ", ".join(names))
         projections = [read_projections(p) for p in paths]
-        config = dict(smk.params.config)
+        config = job_config(smk.params.config, smk.input.neuron_size)
         al = align_sessions(projections, names, **align_options(config))
         save_alignment(al, smk.output.alignment, inputs=paths, config=config)
         last = list(al.metrics)[-1]

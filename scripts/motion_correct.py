@@ -1,19 +1,22 @@
 """Snakemake script of rule ``motion_correct``: ingest.zarr -> motion.csv + motion.zarr.
 
-Reads ``snakemake.input.ingest`` and ``snakemake.params.config`` (config groups general,
+Reads ``snakemake.input.ingest``, ``snakemake.input.neuron_size`` (gSig follows it) and
+``snakemake.params.config`` (config groups general,
 downsampling, preprocessing, motion_correction); writes ``snakemake.output.table``
 (frame,dy,dx) and ``snakemake.output.store`` (exact shifts, quality, outliers, crop box,
 non-rigid fields); logs progress (frames done, rate, ETA) to ``snakemake.log[0]``.
 """
 
 from califlow.motion.session import correct_motion, use_threads
+from califlow.neuron_size_step import job_config
 from califlow.progress import script_logging
 
 
 def main(smk) -> None:
     use_threads(smk.threads)
     name = f"{smk.wildcards.animal}/{smk.wildcards.session}"
-    correct_motion(smk.input.ingest, smk.output.table, smk.output.store, smk.params.config, name=name)
+    config = job_config(smk.params.config, smk.input.neuron_size)
+    correct_motion(smk.input.ingest, smk.output.table, smk.output.store, config, name=name)
 
 
 with script_logging(snakemake.log[0]):  # noqa: F821 - injected by Snakemake

@@ -8,6 +8,7 @@ rule align_sessions:
         projections=session_paths(
             "results/{animal}/sessions/{session}/projections.zarr"
         ),
+        neuron_size=NEURON_SIZE,
     output:
         alignment=directory("results/{animal}/alignment.zarr"),
         qc_before=report(

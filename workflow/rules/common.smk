@@ -64,6 +64,19 @@ def animal_sessions(wildcards):
     return list(SESSIONS.loc[wildcards.animal]["session"])
 
 
+def animal_sources(wildcards):
+    """The recordings of every session of the animal, in concatenation order."""
+    return list(SESSIONS.loc[wildcards.animal]["path"])
+
+
+def animal_fps(wildcards):
+    """Sheet frame rate of every session of the animal (None where absent)."""
+    return [None if f != f else float(f) for f in SESSIONS.loc[wildcards.animal]["fps"]]
+
+
+NEURON_SIZE = "results/{animal}/neuron_size.json"
+
+
 def session_paths(pattern):
     """Input function: ``pattern`` (with {animal} and {session}) for every session of the animal."""
 

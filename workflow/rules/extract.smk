@@ -12,7 +12,8 @@ if CNMFE_JOBS > 0:
 
     rule cnmfe_patches:
         input:
-            "results/{animal}/aligned.zarr",
+            aligned="results/{animal}/aligned.zarr",
+            neuron_size=NEURON_SIZE,
         output:
             temp("results/{animal}/cnmfe_patches/job{job}.npz"),
         params:
@@ -33,6 +34,7 @@ if CNMFE_JOBS > 0:
     rule cnmfe_gather:
         input:
             aligned="results/{animal}/aligned.zarr",
+            neuron_size=NEURON_SIZE,
             patches=expand(
                 "results/{{animal}}/cnmfe_patches/job{job}.npz", job=range(CNMFE_JOBS)
             ),
@@ -55,6 +57,7 @@ else:
     rule cnmfe:
         input:
             aligned="results/{animal}/aligned.zarr",
+            neuron_size=NEURON_SIZE,
         output:
             cnmfe=directory("results/{animal}/cnmfe.zarr"),
             cells="results/{animal}/cells.csv",

@@ -7,6 +7,7 @@
 rule motion_correct:
     input:
         ingest="results/{animal}/sessions/{session}/ingest.zarr",
+        neuron_size=NEURON_SIZE,
     output:
         table="results/{animal}/sessions/{session}/motion.csv",
         store=directory("results/{animal}/sessions/{session}/motion.zarr"),
@@ -30,6 +31,7 @@ rule enhance:
     input:
         ingest="results/{animal}/sessions/{session}/ingest.zarr",
         motion="results/{animal}/sessions/{session}/motion.zarr",
+        neuron_size=NEURON_SIZE,
     output:
         enhanced=maybe_temp(directory("results/{animal}/sessions/{session}/enhanced.zarr")),
         projections=directory("results/{animal}/sessions/{session}/projections.zarr"),

@@ -34,7 +34,7 @@ def _enhance(frames: np.ndarray, fps: float, gsig: float, detrend_s: float, sn1,
 
 
 def write_aligned_store(animal, path: str | os.PathLike, *, gsig: float = 2.5, detrend_s: float = 1.0,
-                        chunk: int = 1000, sessions: list[int] | None = None) -> None:
+                        chunk: int = 1000, sessions: list[int] | None = None, rendered=None) -> None:
     """Write an ``aligned.zarr`` (movie, cn, pnr, attrs sessions) for a simulated animal.
 
     Parameters
@@ -45,6 +45,9 @@ def write_aligned_store(animal, path: str | os.PathLike, *, gsig: float = 2.5, d
     detrend_s : detrending window (s).
     chunk : frames processed at once.
     sessions : sessions to include (default all), in order.
+    rendered : sequence of ndarray (T_s, H, W), optional
+        The sessions' aligned frames already rendered (``animal.aligned_frames(s)``), so that
+        stores of the same animal for several parameters do not render them again.
     """
     from califlow.motion.vessels import bv_image
     from califlow.motion.projections import BinnedCorrelation, PeakAccumulator, finish_cn, finish_pnr
@@ -52,6 +55,10 @@ def write_aligned_store(animal, path: str | os.PathLike, *, gsig: float = 2.5, d
     from califlow.preprocess.noise import get_sn
 
     fps = float(animal.ground_truth.fps)
+
+    def frames(s: int, a: int, b: int) -> np.ndarray:
+        return rendered[s][a:b] if rendered is not None else animal.aligned_frames(s, a, b)
+
     h, w = animal.shape
     order = list(range(animal.n_sessions)) if sessions is None else list(sessions)
     lengths = [animal.n_frames(s) for s in order]
@@ -64,7 +71,7 @@ def write_aligned_store(animal, path: str | os.PathLike, *, gsig: float = 2.5, d
         start = 0
         for s, n in zip(order, lengths):
             # noise levels and intensity range from the first chunk of the session
-            first = animal.aligned_frames(s, 0, min(n, chunk + ctx)).astype(np.float32)
+            first = frames(s, 0, min(n, chunk + ctx)).astype(np.float32)
             d = detrend_block(first, fps, detrend_s)
             sn1 = np.maximum(get_sn(d), 1e-3)
             value_range = (float((d / sn1).min()), float((d / sn1).max()))
@@ -77,7 +84,7 @@ def write_aligned_store(animal, path: str | os.PathLike, *, gsig: float = 2.5, d
             for a in range(0, n, chunk):
                 b = min(n, a + chunk)
                 lo, hi = max(0, a - ctx), min(n, b + ctx)
-                raw = animal.aligned_frames(s, lo, hi).astype(np.float32)
+                raw = frames(s, lo, hi).astype(np.float32)
                 y = _enhance(raw, fps, gsig, detrend_s, sn1, sn2, value_range)[a - lo:a - lo + (b - a)]
                 movie[start + a:start + b] = y
                 yc = y - med

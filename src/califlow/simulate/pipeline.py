@@ -41,28 +41,24 @@ class ChainResult(dict):
     the reference frame the aligned movie covers, (H, W) bool) and ``timings``."""
 
 
-def measure_neuron_size(animal, config: Mapping | None = None, n_frames: int | None = None):
-    """The workflow's neuron-size measurement (rule ``neuron_size``) on the animal's raw sessions.
+def measure_neuron_size(animal, config: Mapping | None = None, n_frames: int | None = None) -> dict:
+    """The workflow's ``neuron_size`` step (:func:`califlow.neuron_size_step.measure_frames`) on the
+    animal's raw sessions: ``n_frames`` consecutive frames (default
+    :data:`califlow.neuron_size.SAMPLE_FRAMES`) from the middle of every session.
 
-    A sample of ``n_frames`` consecutive frames (default :data:`califlow.neuron_size.SAMPLE_FRAMES`)
-    from the middle of every session, rigid motion corrected, pooled over sessions.
+    Returns the ``neuron_size.json`` content.
     """
-    from califlow.neuron_size import SAMPLE_FRAMES, measure_sessions, stabilised_sample
-    from califlow.params import resolve_config
+    from califlow.neuron_size import SAMPLE_FRAMES
+    from califlow.neuron_size_step import measure_frames
 
-    cfg = resolve_config(dict(config or {}))
-    gsig = cfg["general"]["gSig"]
-    gsig = 2.5 if gsig == "auto" else float(gsig)
-    bv = cfg["downsampling"]["BVsize"] or [0.6 * gsig, 0.9 * gsig]
     n = int(n_frames or SAMPLE_FRAMES)
-    samples = []
+    samples, names = [], []
     for s in range(animal.n_sessions):
         T = animal.n_frames(s)
         a = max(0, (T - n) // 2)
-        frames = animal.session_frames(s, a, min(T, a + n))
-        samples.append((stabilised_sample(frames, bv_size=bv, gsig=gsig), animal.ground_truth.fps))
-    pooled, _ = measure_sessions(samples, detrend_s=float(cfg["preprocessing"]["detrend"]))
-    return pooled
+        samples.append((animal.session_frames(s, a, min(T, a + n)), float(animal.ground_truth.fps)))
+        names.append(f"session{s}")
+    return measure_frames(samples, names, names, dict(config or {}))
 
 
 def _sessions_to_aligned(animal, work: Path, config: Mapping, timings: dict, ingest_dir: Path) -> Path:
@@ -126,7 +122,8 @@ def footprints_in_reference(A: np.ndarray, workdir: str | os.PathLike, animal, s
 
 
 def run_chain(animal, workdir: str | os.PathLike, config: Mapping | None = None, *,
-              aligned: bool = False, ingest_dir: str | os.PathLike | None = None) -> ChainResult:
+              aligned: bool = False, ingest_dir: str | os.PathLike | None = None,
+              neuron_size: Mapping | None = None) -> ChainResult:
     """Run the workflow's library chain for one simulated animal.
 
     Parameters
@@ -139,6 +136,8 @@ def run_chain(animal, workdir: str | os.PathLike, config: Mapping | None = None,
     aligned : render the sessions in the reference frame and skip motion and alignment.
     ingest_dir : folder of the ``sessionN/ingest.zarr`` stores (default ``workdir``; written
         when absent, so runs with other parameters can share them).
+    neuron_size : the ``neuron_size.json`` content of :func:`measure_neuron_size` for this
+        animal and config, when already measured.
 
     Returns
     -------
@@ -152,8 +151,8 @@ def run_chain(animal, workdir: str | os.PathLike, config: Mapping | None = None,
     work.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
     t = time.perf_counter()
-    size = measure_neuron_size(animal, config)
-    cfg = apply_neuron_size(dict(config or {}), size.to_dict())
+    size = neuron_size if neuron_size is not None else measure_neuron_size(animal, config)
+    cfg = apply_neuron_size(dict(config or {}), size["measured"])
     timings["neuron_size_s"] = time.perf_counter() - t
     if aligned:
         from califlow.cnmfe.simulated import write_aligned_store
@@ -174,4 +173,4 @@ def run_chain(animal, workdir: str | os.PathLike, config: Mapping | None = None,
         valid = footprints_in_reference(np.ones((1, *ex.A.shape[1:]), np.float32), work, animal)[0] > 0.5
     return ChainResult(aligned=store, cnmfe=work / "cnmfe.zarr", extraction=ex, timings=timings, A_reference=A_ref,
                        valid_reference=valid, gsig=float(cfg["general"]["gSig"]),
-                       diameter_estimate=None if not size.ok else round(size.diameter, 3))
+                       diameter_estimate=size["measured"]["diameter"], neuron_size=size)
