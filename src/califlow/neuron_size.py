@@ -263,20 +263,22 @@ def estimate_neuron_size(movie: np.ndarray, fps: float, *, detrend_s: float = 1.
                       (float(np.percentile(kept, 25)), float(np.percentile(kept, 75))), kept.tolist())
 
 
-def size_warning(gsig: float, size: NeuronSize, tolerance: float = 1.6) -> str | None:
+def size_warning(gsig: float, size: NeuronSize, too_large: float = 1.6) -> str | None:
     """A warning when a manual gSig is far from the one the data suggest (None when it fits).
 
-    ``tolerance``: the ratio between the configured and the suggested gSig beyond which
-    the configuration looks wrong.
+    Small: below the floor of :func:`califlow.sizes.effective_gsig` (``FLOOR_FRACTION`` of
+    the measured gSig); large: above ``too_large`` times the measured gSig.
     """
+    from califlow.sizes import FLOOR_FRACTION
+
     if not size.ok or not gsig > 0:
         return None
     ratio = float(gsig) / size.gsig
-    if 1 / tolerance <= ratio <= tolerance:
+    if FLOOR_FRACTION <= ratio <= too_large:
         return None
     word = "small" if ratio < 1 else "large"
     return (f"gSig {gsig:g} looks {word} for these data: their neurons are about {size.diameter:.0f} px across "
-            f"(half-maximum diameter; gSig = {size.gsig:.1f} would fit)")
+            f"(half-maximum diameter; gSig {size.gsig:.1f} would fit)")
 
 
 def stabilised_sample(frames: np.ndarray, *, bv_size=(1.5, 2.25), gsig: float = 2.5, reference: str = "BV",

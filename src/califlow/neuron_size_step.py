@@ -100,21 +100,22 @@ def _used_sizes(cfg: Mapping, pooled) -> dict:
     from califlow.params import apply_neuron_size
 
     gen = cfg["general"]
-    warnings = []
     if not pooled.ok:
-        warnings.append(f"the neuron size could not be measured ({pooled.reason})")
-    elif gen["gSig"] != "auto":
+        warning = f"the neuron size could not be measured ({pooled.reason})"
+        try:
+            used = apply_neuron_size(cfg, pooled.to_dict())["general"]
+        except ValueError as exc:  # gSig 'auto' without a measurement: later jobs fail with this message
+            return {"gSig": None, "neuron_diameter": None, "warnings": [f"{warning}; {exc}"]}
+        return {"gSig": used["gSig"], "neuron_diameter": used["neuron_diameter"], "warnings": [warning]}
+    used = apply_neuron_size(cfg, pooled.to_dict())["general"]
+    warnings = []
+    if gen["gSig"] != "auto":
         msg = size_warning(float(gen["gSig"]), pooled)
+        if msg and used["gSig"] > float(gen["gSig"]):
+            msg += (f"; every size derived from gSig uses {used['gSig']:g} instead (the floor set by the "
+                    f"{used['neuron_diameter']:g} px diameter; use gSig: auto, or set general.neuron_diameter)")
         if msg:
             warnings.append(msg)
-    try:
-        used = apply_neuron_size(cfg, pooled.to_dict())["general"]
-    except ValueError as exc:  # gSig 'auto' without a measurement: later jobs fail with this message
-        return {"gSig": None, "neuron_diameter": None, "warnings": warnings + [str(exc)]}
-    if gen["gSig"] != "auto" and used["gSig"] > float(gen["gSig"]):
-        warnings.append(f"gSig {gen['gSig']:g} is raised to {used['gSig']:g} for every size derived from it "
-                        f"(the floor set by the neuron diameter {used['neuron_diameter']:g} px; "
-                        "set general.neuron_diameter to change it)")
     return {"gSig": used["gSig"], "neuron_diameter": used["neuron_diameter"], "warnings": warnings}
 
 

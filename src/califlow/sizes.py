@@ -6,7 +6,7 @@ moves by 0.1 px.
 
 The measured neuron size (:mod:`califlow.neuron_size`, or ``general.neuron_diameter``)
 puts a floor under gSig: :func:`effective_gsig` raises a gSig smaller than
-``diameter / DIAMETER_PER_GSIG`` to that value.  Many steps must reach past a neuron to
+``FLOOR_FRACTION x diameter / DIAMETER_PER_GSIG`` to that value.  Many steps must reach past a neuron to
 see its background: the MIN1PIPE top-hat disk (``2 gSig``) erases the bodies of neurons
 wider than itself, a ring (``6 gSig``) inside the neuron turns the neuron into background,
 and the seeds' contrast window and initialisation box shrink with it.  A gSig far below the
@@ -19,20 +19,23 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["DIAMETER_PER_GSIG", "effective_gsig", "bv_size", "enhance_disk_radius", "speck_sigma",
+__all__ = ["DIAMETER_PER_GSIG", "FLOOR_FRACTION", "effective_gsig", "bv_size", "enhance_disk_radius", "speck_sigma",
            "ring_radius", "contrast_window", "local_max_radius", "box_radius", "min_pixel", "gsiz"]
 
 #: Half-maximum neuron diameter (px) per unit of gSig, for the gSig that ``gSig: auto`` uses and
 #: the floor of :func:`effective_gsig` (CaliAli's own footprints: 7-8 px at gSig 2.5).
 DIAMETER_PER_GSIG = 3.0
+#: The floor is this fraction of the measured gSig, so that a gSig close to the data's (the
+#: seeds' 2.5 on 7-8 px neurons) is used as given; only one clearly too small is raised.
+FLOOR_FRACTION = 0.85
 
 
 def effective_gsig(gsig: float, diameter: float | None = None) -> float:
-    """``max(gSig, diameter / DIAMETER_PER_GSIG)`` (px); gSig when the diameter is unknown."""
+    """``max(gSig, FLOOR_FRACTION x diameter / DIAMETER_PER_GSIG)`` (px); gSig when the diameter is unknown."""
     g = float(gsig)
     if diameter is None or not math.isfinite(float(diameter)) or float(diameter) <= 0:
         return g
-    return max(g, float(diameter) / DIAMETER_PER_GSIG)
+    return max(g, FLOOR_FRACTION * float(diameter) / DIAMETER_PER_GSIG)
 
 
 def gsiz(gsig: float) -> float:
