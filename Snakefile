@@ -29,6 +29,23 @@ include: "workflow/rules/spikes.smk"
 include: "workflow/rules/export.smk"
 
 
+# Warnings the jobs recorded (gSig far from the data, collapsed extraction, silent sessions):
+# on the report's front page, and on the console when the run ends.
+from califlow.run_warnings import collect_warnings
+
+config["califlow_warnings"] = collect_warnings("results", ANIMALS)
+
+
+onsuccess:
+    for w in collect_warnings("results", ANIMALS):
+        print(f"califlow WARNING: {w}")
+
+
+onerror:
+    for w in collect_warnings("results", ANIMALS):
+        print(f"califlow WARNING: {w}")
+
+
 rule all:
     input:
         final_outputs(),

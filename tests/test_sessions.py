@@ -78,3 +78,19 @@ def test_discover_layouts(tmp_path):
     with pytest.raises(InputError, match="no recording found"):
         (tmp_path / "empty").mkdir()
         discover_sessions(tmp_path / "empty")
+
+
+def test_init_writes_gsig_auto_with_a_reason(tmp_path):
+    import yaml
+
+    from califlow.cli import main
+    from califlow.params import validate_config
+
+    for s in ("day1", "day2"):
+        (tmp_path / "data" / "m1" / s).mkdir(parents=True)
+        (tmp_path / "data" / "m1" / s / "0.avi").write_bytes(b"")
+    assert main(["init", str(tmp_path / "data"), "--out", str(tmp_path / "cfg")]) == 0
+    text = (tmp_path / "cfg" / "config.yaml").read_text()
+    assert "gSig: auto" in text and "measured from these recordings" in text
+    cfg = validate_config(yaml.safe_load(text))
+    assert cfg["general"]["gSig"] == "auto" and cfg["demo"]["enabled"] is False

@@ -175,3 +175,29 @@ def test_slurm_run_equals_local_run(demo, tmp_path):
     assert "slurm" in proc.stdout.lower()
     assert output_hashes(work / "results") == demo["hashes"]
     print(f"SLURM demo run: {elapsed:.0f} s (local: {demo['elapsed']:.0f} s)")
+
+
+def test_a_gsig_far_from_the_data_is_loud_and_harmless(demo, tmp_path):
+    """gSig 1.0 on the demo's 7-8 px neurons: warned in the logs, on the console and on the
+    report's front page; the sizes use the measured floor, so the extraction still works."""
+    from califlow.metrics import match_neurons
+    from califlow.simulate import load_ground_truth
+
+    sheet = "animal\tsession\tpath\tfps\n" + "".join(
+        f"demo1\t{s}\tresources/demo/demo1/{s}\t\n" for s in ("s1", "s2", "s3"))
+    work = make_workdir(tmp_path / "small_gsig", sheet=sheet, config_extra="general:\n  gSig: 1.0\n")
+    shutil.copytree(demo["work"] / "resources", work / "resources")
+    proc = run_snakemake(work)
+    message = "demo1: gSig 1 looks small for these data"
+    assert f"califlow WARNING: {message}" in proc.stdout, proc.stdout[-3000:]
+    for job in ("neuron_size", "cnmfe", "align_sessions"):
+        assert "looks small for these data" in (work / "logs" / "demo1" / f"{job}.log").read_text(), job
+    size = pd.read_json(work / "results" / "demo1" / "neuron_size.json", typ="series")
+    assert size["gSig_configured"] == 1.0 and 2.0 < size["gSig"] < 3.0
+    run_snakemake(work, "--report", "report.html")
+    assert message.split(": ", 1)[1] in (work / "report.html").read_text()
+    gt = load_ground_truth(work / "resources" / "demo" / "demo1" / "ground_truth.zarr")
+    A = zarr.open_group(str(work / "results" / "demo1" / "cnmfe.zarr"), mode="r")["A"][...]
+    ref = gt.footprints_ref[gt.active.any(axis=1)]
+    m = match_neurons(ref, _fit(A, ref.shape[1:]), register=True)
+    assert m.recall >= 0.8 and m.precision >= 0.8, (m.precision, m.recall)

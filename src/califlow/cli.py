@@ -15,6 +15,7 @@ _COMMANDS = [
     ("califlow.cli_commands", "add_cli"),
     ("califlow.simulate.cli", "add_cli"),
     ("califlow.deconv.tool", "add_cli"),
+    ("califlow.seeding_qc", "add_cli"),
 ]
 
 

@@ -38,6 +38,13 @@ def _cmd_config(args) -> int:
     return 0
 
 
+#: What ``califlow init`` writes for gSig in a new cohort's config (instead of the seeds' 2.5).
+INIT_GSIG = ("  # califlow init chose 'auto': the neuron size is measured from these recordings\n"
+             "  # (results/ANIMAL/neuron_size.json), because gSig 2.5 suits only 7-8 px neurons;\n"
+             "  # put a number here to choose it yourself (the default of the seed table is 2.5).\n"
+             "  gSig: auto\n")
+
+
 def _cmd_init(args) -> int:
     import yaml
 
@@ -60,6 +67,7 @@ def _cmd_init(args) -> int:
     else:
         text = text.replace("sessions: config/sessions.tsv", f"sessions: {sheet_path}", 1)
         text = text.replace("  enabled: true", "  enabled: false", 1)
+        text = text.replace("\n  gSig: 2.5\n", "\n" + INIT_GSIG, 1)
         config_path.write_text(text)
         print(f"wrote {config_path}")
     print(f"wrote {sheet_path}")

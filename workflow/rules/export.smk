@@ -34,6 +34,29 @@ rule export_session:
         "../../scripts/export_session.py"
 
 
+rule qc_seeds:
+    input:
+        aligned="results/{animal}/aligned.zarr",
+        neuron_size=NEURON_SIZE,
+    output:
+        report(
+            "results/{animal}/qc/seeds.png",
+            caption="../report/seeds.rst",
+            category="3. Cells",
+            labels={"animal": "{animal}", "figure": "seeding"},
+        ),
+    params:
+        config=group_params("cnmfe", "general"),
+    log:
+        "logs/{animal}/qc_seeds.log",
+    benchmark:
+        "benchmarks/{animal}/qc_seeds.tsv"
+    conda:
+        "../../envs/califlow.yaml"
+    script:
+        "../../scripts/qc_seeds.py"
+
+
 rule qc_session:
     input:
         motion="results/{animal}/sessions/{session}/motion.csv",
@@ -104,5 +127,6 @@ ANIMAL_TARGETS.extend(
     [
         "results/{animal}/events.csv",
         "results/{animal}/qc/footprints.png",
+        "results/{animal}/qc/seeds.png",
     ]
 )

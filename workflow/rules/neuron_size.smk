@@ -12,7 +12,12 @@ rule neuron_size:
     params:
         sessions=animal_sessions,
         fps=animal_fps,
-        config=group_params("general", "downsampling", "preprocessing"),
+        # only what the measurement uses: other settings do not rerun it (and all that follows)
+        config={
+            "general": {k: CFG["general"][k] for k in ("gSig", "neuron_diameter", "sf")},
+            "downsampling": CFG["downsampling"],
+            "preprocessing": {"detrend": CFG["preprocessing"]["detrend"]},
+        },
     log:
         "logs/{animal}/neuron_size.log",
     benchmark:

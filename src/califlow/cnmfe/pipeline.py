@@ -24,7 +24,7 @@ import math
 import multiprocessing
 import os
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -32,6 +32,7 @@ import scipy.sparse as sp
 
 from califlow.allocator import keep_freed_memory
 from califlow.cnmfe.data import AlignedStore, MovieSource, load_movie, make_batches
+from califlow.cnmfe.diagnostics import extraction_warnings
 from califlow.cnmfe.fit import Fitter
 from califlow.cnmfe.model import Model, footprint_centroids, normalize_footprints
 from califlow.cnmfe.options import CnmfeOptions, options_from_config
@@ -238,6 +239,7 @@ class Extraction:
     centroids: np.ndarray  # (K, 2)
     events: np.ndarray     # (K, S)
     active: np.ndarray     # (K, S)
+    warnings: list = field(default_factory=list)  # extraction_warnings (collapse, silent sessions)
 
 
 def gather(p: Plan, results: Sequence[PatchResult], movie: np.ndarray | None = None) -> Extraction:
@@ -331,7 +333,8 @@ def write_outputs(p: Plan, ex: Extraction, out_path: str | os.PathLike, cells_pa
                               "C_raw": "noise units per batch (raw trace / its noise level, slow baseline removed)",
                               "C": "denoised calcium (final AR deconvolution), noise units",
                               "S": "deconvolved activity, noise units"},
-                       order="decreasing SNR")
+                       order="decreasing SNR", warnings=list(ex.warnings),
+                       n_seeds=int(len(p.seeds)))
     if cells_path is not None:
         write_cells(p, ex, cells_path)
 
@@ -379,9 +382,19 @@ def run_cnmfe(aligned_path: str | os.PathLike, out_path: str | os.PathLike, conf
                                       movie=None if (in_pool or pending is None) else pending.result())
         movie = None if pending is None else pending.result()
     ex = gather(p, results, movie=movie)
+    ex.warnings = diagnose(p, ex)
     write_outputs(p, ex, out_path, cells_path)
     log.info("%d neurons written to %s", ex.C.shape[0], out_path)
     return ex
+
+
+def diagnose(p: Plan, ex: Extraction) -> list[str]:
+    """Collapse and silent-session warnings of an extraction (:mod:`califlow.cnmfe.diagnostics`), logged."""
+    out = extraction_warnings(len(p.seeds), ex.C.shape[0], ex.active, [s["name"] for s in p.store.sessions], p.opts,
+                              p.config["general"].get("neuron_diameter"), animal=p.store.path.parent.name)
+    for w in out:
+        log.warning("%s", w)
+    return out
 
 
 def run_patch_job(aligned_path: str | os.PathLike, out_file: str | os.PathLike, config: Mapping | None,

@@ -23,7 +23,7 @@ import warnings
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["find_seeds", "local_maxima", "local_level", "disk_footprint"]
+__all__ = ["find_seeds", "candidates", "local_maxima", "local_level", "disk_footprint"]
 
 
 def disk_footprint(radius: float) -> np.ndarray:
@@ -135,19 +135,39 @@ def find_seeds(cn: np.ndarray, pnr: np.ndarray, *, min_corr: float, min_pnr: flo
     score : ndarray (N,) float32
         ``cn * pnr`` at each seed.
     """
+    yx, cn_c, pnr_c, contrast = candidates(cn, pnr, radius=radius, mask=mask, min_contrast=min_contrast,
+                                           contrast_window=contrast_window)
+    keep = (cn_c >= min_corr) & (pnr_c >= min_pnr) & contrast
+    ys, xs = yx[keep, 0], yx[keep, 1]
+    score = (cn_c * pnr_c)[keep]
+    order = np.lexsort((xs, ys, -score))  # brightest first, ties in raster order
+    seeds = np.stack([ys[order], xs[order]], axis=1).astype(np.int64)
+    return seeds, score[order].astype(np.float32)
+
+
+def candidates(cn: np.ndarray, pnr: np.ndarray, *, radius: float, mask: np.ndarray | None = None,
+               min_contrast: float = 0.0, contrast_window: int = 41
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Every seed candidate before the thresholds: local maxima of ``cn * pnr`` (> 0) inside ``mask``.
+
+    Returns
+    -------
+    yx : ndarray (N, 2) int64, in raster order
+    cn, pnr : ndarray (N,) float32, the images at the candidates
+    contrast_ok : ndarray (N,) bool, whether each passes the ``min_contrast`` test (see
+        :func:`find_seeds`)
+    """
     cn = np.nan_to_num(np.asarray(cn, np.float32))
     pnr = np.nan_to_num(np.asarray(pnr, np.float32))
     if cn.shape != pnr.shape:
         raise ValueError(f"Cn {cn.shape} and PNR {pnr.shape} images differ in shape")
     v = cn * pnr
-    ok = (cn >= min_corr) & (pnr >= min_pnr)
+    peaks = local_maxima(v, radius)
     if mask is not None:
-        ok &= np.asarray(mask, bool)
-    if min_contrast > 0:
-        ok &= v >= min_contrast * local_level(v, contrast_window, mask)
-    peaks = local_maxima(v, radius) & ok
+        peaks &= np.asarray(mask, bool)
     ys, xs = np.nonzero(peaks)
-    score = v[ys, xs]
-    order = np.lexsort((xs, ys, -score))  # brightest first, ties in raster order
-    seeds = np.stack([ys[order], xs[order]], axis=1).astype(np.int64)
-    return seeds, score[order].astype(np.float32)
+    if min_contrast > 0:
+        contrast = v[ys, xs] >= min_contrast * local_level(v, contrast_window, mask)[ys, xs]
+    else:
+        contrast = np.ones(ys.size, bool)
+    return np.stack([ys, xs], axis=1).astype(np.int64), cn[ys, xs], pnr[ys, xs], contrast

@@ -1,0 +1,40 @@
+"""The warnings a workflow run left in its outputs, gathered for the console and the report.
+
+Jobs record their warnings in their outputs (so they survive reruns and cluster jobs):
+``results/{animal}/neuron_size.json`` (``warnings``: gSig far from the data, no
+measurement) and ``results/{animal}/cnmfe.zarr`` attrs (``warnings``: collapse, sessions
+with no active neuron).  :func:`collect_warnings` reads them back; the Snakefile prints
+them when the run ends and puts them on the report's front page.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Iterable
+
+__all__ = ["collect_warnings"]
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def collect_warnings(results: str | os.PathLike, animals: Iterable[str]) -> list[str]:
+    """Every recorded warning of the animals' outputs under ``results`` (missing outputs are skipped).
+
+    Each warning is prefixed with its animal unless it already names it.
+    """
+    out: list[str] = []
+    root = Path(results)
+    for animal in animals:
+        size = _read_json(root / animal / "neuron_size.json").get("warnings", [])
+        attrs = _read_json(root / animal / "cnmfe.zarr" / "zarr.json").get("attributes", {}).get("warnings", [])
+        for w in list(size) + list(attrs):
+            text = str(w)
+            out.append(text if text.startswith(f"{animal}:") else f"{animal}: {text}")
+    return out
