@@ -381,12 +381,25 @@ def score_extraction(gt, A_est, C_est, S_est=None, session_bounds=None, active_e
 
 
 def _covered(valid, centers, A_true, A_est, register, match_kw) -> tuple[np.ndarray, np.ndarray]:
-    """Masks of the true and estimated neurons :func:`score_extraction` counts inside ``valid``."""
+    """Masks of the true and estimated neurons :func:`score_extraction` counts inside ``valid``.
+
+    Estimates matched to a true neuron outside, or unmatched but overlapping one (a neuron
+    cut by the border: cosine similarity of the footprints above 0.3), are left out too.
+    """
     valid = np.asarray(valid, bool)
     keep_t = _inside(valid, centers)
     m = match_neurons(A_true, A_est, register=register, **match_kw)
     keep_e = _inside(valid, _centres_of_mass(A_est))
     keep_e[m.est_idx] = keep_t[m.true_idx]
+    out = np.flatnonzero(~keep_t)
+    loose = np.setdiff1d(np.flatnonzero(keep_e), m.est_idx)
+    if out.size and loose.size:
+        At = A_true[out].reshape(out.size, -1).astype(np.float64)
+        Ae = A_est[loose].reshape(loose.size, -1).astype(np.float64)
+        if register and np.any(m.shift):
+            Ae = ndimage.shift(A_est[loose], (0, *m.shift), order=1, mode="constant").reshape(loose.size, -1)
+        cos = (Ae @ At.T) / np.maximum(np.linalg.norm(Ae, axis=1)[:, None] * np.linalg.norm(At, axis=1)[None], 1e-12)
+        keep_e[loose[cos.max(axis=1) > 0.3]] = False
     return keep_t, keep_e
 
 
