@@ -4,6 +4,7 @@ Run::
 
     python benchmarks/bench_cnmfe.py accuracy            # default preset (4 x 1000 frames, 256x256, 80 neurons)
     python benchmarks/bench_cnmfe.py accuracy --preset dense_lowsnr
+    python benchmarks/bench_cnmfe.py spikes --preset dense_lowsnr   # where spike accuracy is lost
     python benchmarks/bench_cnmfe.py speed               # 256x256x4000, 120 neurons, frames/s end to end
     python benchmarks/bench_cnmfe.py memory --frames 15000 60000   # peak RSS, memory_size_to_use 4
     python benchmarks/bench_cnmfe.py memory --frames 15000 60000 --max-iter 2 --no-residual  # shorter
@@ -16,6 +17,9 @@ accuracy  Simulate an animal (``califlow.simulate``), render its sessions in the
           :func:`califlow.metrics.score_extraction`: precision, recall and F1 of the
           detection, median per-session trace r, median spike r (5-frame bins) and the
           pairwise tracking F1 (presence per session = any deconvolved event).
+spikes    On the accuracy run's C_raw: median spike r (5-frame bins) and trace r of the final
+          deconvolution as written, with other AR-root estimates (fudge factor 0.96 / 1, no
+          refit) and with each neuron's true AR(2) roots (the oracle bound of the estimate).
 speed     The same on a 256x256x4000 movie with 120 neurons: wall time, CPU time and
           frames/s of ``run_cnmfe`` (store already written), in this process.
 memory    Peak RSS of ``run_cnmfe`` in a fresh process on a long movie (the 4000-frame
@@ -86,6 +90,56 @@ def run_accuracy(args, workdir: Path) -> None:
     out = score(animal, ex)
     out.update(wall_s=round(wall, 1), cpu_s=round(cpu, 1))
     print(f"accuracy preset={args.preset} seed={args.seed}: {json.dumps(out)}")
+
+
+def run_spikes(args, workdir: Path) -> None:
+    """Where spike accuracy is lost: the final deconvolution of the same C_raw with variants."""
+    import zarr
+
+    from califlow.cnmfe import run_cnmfe
+    from califlow.cnmfe.postprocess import final_deconvolution
+    from califlow.deconv import deconvolve
+    from califlow.metrics import match_neurons, spike_correlation, trace_correlation
+
+    path, animal = build_store(workdir, args.preset, args.seed)
+    out = workdir / f"cnmfe_{args.preset}.zarr"
+    if not out.exists():
+        run_cnmfe(path, out, {"cnmfe": {"n_processes": args.processes}})
+    gt = animal.ground_truth
+    g = zarr.open_group(str(out), mode="r")
+    raw, fps, batches = g["C_raw"][...], float(g.attrs["fps"]), g.attrs["batches"]
+    opts = dict(g.attrs["cnmfe_options"]["final_deconv"])
+    m = match_neurons(gt.footprints_ref, g["A"][...], register=True)
+    act = gt.active[m.true_idx]
+
+    def med(x):
+        return round(float(np.nanmedian(np.where(act, x, np.nan))), 3)
+
+    def scores(C, S):
+        return {"spike_r": med(spike_correlation(gt.S, S, m, 5, gt.session_bounds)),
+                "trace_r": med(trace_correlation(gt.C, C, m, gt.session_bounds))}
+
+    def final(**extra):
+        C, S = np.zeros_like(raw), np.zeros_like(raw)
+        for s0, s1 in batches:
+            C[:, s0:s1], S[:, s0:s1] = final_deconvolution(raw[:, s0:s1], {**opts, **extra}, fps)
+        return scores(C, S)
+
+    print(f"spikes preset={args.preset}: final deconvolution {opts}")
+    print(f"  as written:                            {scores(g['C'][...], g['S'][...])}")
+    for label, extra in (("fudge_factor 0.96 (CaImAn)", {"fudge_factor": 0.96}),
+                         ("fudge_factor 1.0", {"fudge_factor": 1.0}),
+                         ("no refit of g (optimize_pars false)", {"optimize_pars": False})):
+        print(f"  {label:38s} {final(**extra)}")
+    # oracle: each matched neuron deconvolved with its true AR(2) roots (from tau_rise, tau_decay)
+    C, S = np.zeros_like(raw), np.zeros_like(raw)
+    for t, e in zip(m.true_idx, m.est_idx):
+        d, r = np.exp(-1 / (fps * gt.tau_decay[t])), np.exp(-1 / (fps * gt.tau_rise[t]))
+        for s0, s1 in batches:
+            y = raw[e, s0:s1] - np.median(raw[e, s0:s1])
+            res = deconvolve(y, p=2, g=[d + r, -d * r], sn=1.0)
+            C[e, s0:s1], S[e, s0:s1] = res.calcium(), res.s
+    print(f"  {'true AR(2) roots (oracle)':38s} {scores(C, S)}")
 
 
 def run_speed(args, workdir: Path) -> None:
@@ -168,7 +222,7 @@ def run_memory(args, workdir: Path) -> None:
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("section", choices=["accuracy", "speed", "memory"])
+    ap.add_argument("section", choices=["accuracy", "spikes", "speed", "memory"])
     ap.add_argument("--preset", default="default")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--processes", type=int, default=1)
@@ -183,7 +237,8 @@ def main(argv=None) -> None:
     print("command:", " ".join([os.path.basename(sys.executable), *sys.argv]))
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench_cnmfe_"))
     workdir.mkdir(parents=True, exist_ok=True)
-    {"accuracy": run_accuracy, "speed": run_speed, "memory": run_memory}[args.section](args, workdir)
+    {"accuracy": run_accuracy, "spikes": run_spikes, "speed": run_speed, "memory": run_memory}[args.section](
+        args, workdir)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ animal's aligned movie:
   the configured thresholds;
 - the seeds a looser and a stricter setting would accept (``min_corr`` -/+ 0.05 and
   ``min_pnr`` x 0.75 / x 1.33), on the Cn x PNR image;
-- every candidate seed (a local maximum of Cn x PNR off the vessels) in the (Cn, PNR)
+- every candidate seed (a local maximum of Cn x PNR) in the (Cn, PNR)
   plane, with the three settings' threshold lines; candidates that pass the thresholds but
   fail the contrast test (``min_contrast``) are marked apart.
 
@@ -76,7 +76,7 @@ def seeding_figure(cn: np.ndarray, pnr: np.ndarray, vessels: np.ndarray | None, 
     cn, pnr : ndarray (H, W)
         Global seeding images (:meth:`califlow.cnmfe.data.AlignedStore.global_projections`).
     vessels : ndarray (H, W) bool or None
-        Vessel mask (no seed is taken there).
+        Where no seed may lie (None: anywhere, as CNMF-E seeds).
     opts : CnmfeOptions
     path : output PNG path.
     title : figure title.
@@ -115,7 +115,7 @@ def _scatter(ax, cand: SeedCandidates, settings) -> None:
     ax.set_yscale("log")
     ax.set_xlabel("Cn at the candidate (CaliAli scale, min_corr)")
     ax.set_ylabel("PNR at the candidate (min_pnr)")
-    ax.set_title(f"{len(cand.cn)} candidate seeds (local maxima off vessels)", fontsize=9)
+    ax.set_title(f"{len(cand.cn)} candidate seeds (local maxima of Cn x PNR)", fontsize=9)
     ax.legend(fontsize=7, loc="upper left")
 
 
@@ -135,10 +135,9 @@ def seeding_from_results(animal_dir: str | Path, config: dict | None, out: str |
     store = AlignedStore(d / "aligned.zarr")
     opts = options_from_config(cfg, fps=store.fps)
     cn, pnr = store.global_projections()
-    vessels = store.vessel_mask(opts.bv_threshold) if opts.remove_BV else None
     path = Path(out) if out else d / "qc" / "seeds.png"
     path.parent.mkdir(parents=True, exist_ok=True)
-    counts = seeding_figure(cn, pnr, vessels, opts, path, title=f"{d.name}: seeding (gSig {opts.gSig:g})")
+    counts = seeding_figure(cn, pnr, None, opts, path, title=f"{d.name}: seeding (gSig {opts.gSig:g})")
     return path, counts
 
 

@@ -3,7 +3,9 @@
 ``aligned.zarr`` (written under a temporary name, renamed when complete):
 
 - ``movie`` (T, H, W) float32, chunks about (100, 64, 64), blosc-zstd + bit-shuffle; frames
-  of the sessions in order; pixels a session does not cover (``fov_policy='pad'``) are 0;
+  of the sessions in order, with each session's vessel pulsation regressed out when its
+  ``projections.zarr`` holds it (``vessel_beta``, ``vessel_course``: see
+  :func:`read_vessel_pulse`); pixels a session does not cover (``fov_policy='pad'``) are 0;
 - ``mean``, ``bv``, ``cn``, ``pnr`` (S, H, W) float32: each session's projections in the
   aligned frame (0 where not covered), ``valid`` (S, H, W) bool;
 - attrs ``sessions``: list of ``{name, start, stop, n_frames, fps, source}`` (frames
@@ -30,7 +32,7 @@ from califlow.io.store import (MOVIE_CHUNKS, FrameWriter, atomic_output, create_
                                set_provenance)
 from califlow.progress import Progress
 
-__all__ = ["concatenate", "read_projections"]
+__all__ = ["concatenate", "read_projections", "read_vessel_pulse"]
 
 log = logging.getLogger("califlow.align")
 
@@ -48,6 +50,21 @@ def read_projections(path: str | os.PathLike) -> dict[str, np.ndarray]:
     if "bv" not in out or "cn" not in out:
         raise InputError(f"{path}: projections store lacks 'bv' or 'cn' (has {sorted(g.keys())})")
     return out
+
+
+def read_vessel_pulse(path: str | os.PathLike, n_frames: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """The vessel pulsation of a session's ``projections.zarr``: ``(beta (h, w), course (T,))`` or None.
+
+    ``movie - course[t] * beta`` is the enhanced movie with the vessels' common time course
+    regressed out (``preprocessing.remove_vessel_pulse``; see :mod:`califlow.motion.projections`).
+    """
+    g = open_group(path)
+    if "vessel_beta" not in g or "vessel_course" not in g:
+        return None
+    course = np.asarray(g["vessel_course"][...], np.float32)
+    if course.shape != (n_frames,):
+        raise InputError(f"{path}: vessel_course has {course.shape[0]} frames, the enhanced movie {n_frames}")
+    return np.asarray(g["vessel_beta"][...], np.float32), course
 
 
 def _open_enhanced(path: Path) -> tuple[Any, float | None, dict]:
@@ -154,15 +171,19 @@ def concatenate(enhanced: Sequence[str | os.PathLike], alignment: Alignment | st
         root = open_group(tmp, mode="w")
         arr = create_movie(root, "movie", (total, H, W), chunks=(chunk_frames, MOVIE_CHUNKS[1], MOVIE_CHUNKS[2]))
         with FrameWriter(arr) as writer:
-            for nm, p, movie, fps, attrs, k, _ in jobs:
+            for nm, p, movie, fps, attrs, k, i in jobs:
                 warp = BilinearWarp(al.maps[k], al.session_shapes[k], fill=0.0)
                 n = int(movie.shape[0])
+                pulse = (read_vessel_pulse(projections[i], n)
+                         if projections is not None and isinstance(projections[i], (str, os.PathLike)) else None)
                 for start in range(0, n, chunk_frames):
                     block = np.asarray(movie[start:start + chunk_frames], dtype=np.float32)
                     finite = np.isfinite(block).reshape(len(block), -1).all(axis=1)
                     if not finite.all():
                         f = start + int(np.argmin(finite))
                         raise InputError(f"{p}: frame {f} of session {nm!r} has NaN or infinite values")
+                    if pulse is not None:
+                        block -= pulse[1][start:start + len(block), None, None] * pulse[0][None]
                     writer.write(warp(block))
                     progress.update(len(block))
         if projections is not None:

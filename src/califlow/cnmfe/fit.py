@@ -41,11 +41,15 @@ class Fitter:
     ----------
     source : InMemorySource or MovieSource
     opts : CnmfeOptions
+    vessels : ndarray (h, w) bool, optional
+        Blood-vessel mask of the source's pixels: vessel-shaped components on it are false
+        positives (``remove_BV``).
     """
 
-    def __init__(self, source: Source, opts):
+    def __init__(self, source: Source, opts, vessels: np.ndarray | None = None):
         self.source = source
         self.opts = opts
+        self.vessels = None if vessels is None else np.asarray(vessels, bool).ravel()
         self.dec = Decimation(source.shape, opts.bg_ssub)
         self.radius_ds = ring_radius_ds(opts.ring_radius, opts.bg_ssub)
         self.reach = (self.radius_ds + 2) * opts.bg_ssub
@@ -185,9 +189,9 @@ class Fitter:
     # -- the loop -----------------------------------------------------------------------
     def clean(self, model: Model) -> None:
         """False-positive removal and merging."""
-        removed = remove_false_positives(model, self.opts.min_pixel)
+        removed = remove_false_positives(model, self.opts.min_pixel, self.vessels)
         merged = merge_components(model, self.opts, deconvolve=self.redenoise)
-        removed2 = remove_false_positives(model, self.opts.min_pixel)
+        removed2 = remove_false_positives(model, self.opts.min_pixel, self.vessels)
         log.debug("clean: %d removed, %d merged, %d removed after merging", int(removed.sum()), merged,
                   int(removed2.sum()))
 

@@ -10,8 +10,9 @@ Three merge rules, as CaliAli runs them after each refinement iteration:
 3. near-identical footprints (cosine >= 0.9) whatever their traces (duplicates).
 
 Groups of pairs are merged into one component by a rank-1 non-negative factorisation of
-``sum_k a_k c_k^T``.  False positives are footprints smaller than ``min_pixel`` pixels
-and components whose denoised trace is zero everywhere (silent).
+``sum_k a_k c_k^T``.  False positives are footprints smaller than ``min_pixel`` pixels,
+components whose denoised trace is zero everywhere (silent) and, with ``remove_BV``,
+elongated components lying on the blood-vessel mask (vessels; see :func:`vessel_shaped`).
 """
 
 from __future__ import annotations
@@ -20,12 +21,16 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.sparse.csgraph import connected_components
 
-from califlow.cnmfe.model import Model, footprint_areas, footprint_peaks, normalize_footprints
+from califlow.cnmfe.model import Model, footprint_areas, footprint_peaks, footprint_shapes, normalize_footprints
 
-__all__ = ["merge_components", "remove_false_positives", "trace_correlation_matrix"]
+__all__ = ["merge_components", "remove_false_positives", "vessel_shaped", "trace_correlation_matrix"]
 
 #: Footprint cosine similarity above which two components are the same neuron regardless of traces.
 DUPLICATE_SPATIAL = 0.9
+#: A component on the vessel mask with a major/minor axis ratio above this is a vessel.
+VESSEL_ELONGATION = 3.0
+#: ... when more than this share of its footprint (above a quarter of its peak) is on the mask.
+VESSEL_SHARE = 0.5
 
 
 def trace_correlation_matrix(X: np.ndarray, pairs: np.ndarray) -> np.ndarray:
@@ -163,8 +168,14 @@ def merge_components(model: Model, opts, deconvolve=None) -> int:
     return total
 
 
-def remove_false_positives(model: Model, min_pixel: int) -> np.ndarray:
-    """Drop footprints with fewer than ``min_pixel`` pixels and silent components, in place.
+def remove_false_positives(model: Model, min_pixel: int, vessels: np.ndarray | None = None) -> np.ndarray:
+    """Drop small, silent and vessel-shaped components, in place.
+
+    Small: fewer than ``min_pixel`` pixels.  Silent: a denoised trace that is zero
+    everywhere.  Vessel-shaped (with ``vessels``, the flat (P,) bool vessel mask of the
+    model's pixels): a footprint whose part above a quarter of its peak is elongated
+    (major/minor axis ratio above ``VESSEL_ELONGATION``) and lies mostly on the mask
+    (more than ``VESSEL_SHARE`` of it).  A neuron under a vessel is round and stays.
 
     Returns the boolean mask of removed components (in the order before removal).
     """
@@ -173,6 +184,21 @@ def remove_false_positives(model: Model, min_pixel: int) -> np.ndarray:
     small = footprint_areas(model.A) < int(min_pixel)
     silent = ~np.any(model.C > 0, axis=1)
     bad = small | silent
+    if vessels is not None:
+        bad |= vessel_shaped(model.A, model.shape, vessels)
     if bad.any():
         model.keep(~bad)
     return bad
+
+
+def vessel_shaped(A: sp.csc_matrix, shape: tuple[int, int], vessels: np.ndarray) -> np.ndarray:
+    """Which footprints (columns of A) are elongated and lie mostly on the vessel mask (P,) bool."""
+    A = sp.csc_matrix(A, dtype=np.float32)
+    area, elong = footprint_shapes(A, shape)
+    peak = np.asarray(A.max(axis=0).toarray()).ravel()
+    cols = np.repeat(np.arange(A.shape[1]), np.diff(A.indptr))
+    on = A.data >= 0.25 * peak[cols]
+    on_vessel = np.bincount(cols[on], weights=np.asarray(vessels, bool).ravel()[A.indices[on]].astype(float),
+                            minlength=A.shape[1])
+    share = on_vessel / np.maximum(area, 1)
+    return (elong > VESSEL_ELONGATION) & (share > VESSEL_SHARE)

@@ -58,7 +58,8 @@ class CnmfeOptions:
     bv_threshold: float = 0.3
     min_contrast: float = 20.0
     final_deconv: Mapping[str, Any] = field(default_factory=lambda: {
-        "type": "ar2", "method": "constrained", "smin": 0, "optimize_pars": True, "max_tau": 100})
+        "type": "ar2", "method": "constrained", "smin": 0, "optimize_pars": True, "max_tau": 100,
+        "fudge_factor": 1.0})
 
     # ---- derived sizes (califlow.sizes) ------------------------------------------------
     @property
@@ -149,6 +150,5 @@ def options_from_config(config: Mapping | None = None, *, fps: float | None = No
         remove_BV=bool(cn.get("remove_BV", True)),
         bv_threshold=float(cn.get("bv_threshold", 0.3)),
         min_contrast=float(cn.get("min_contrast", 20.0)),
-        final_deconv=dict(cn.get("final_deconv_options", {
-            "type": "ar2", "method": "constrained", "smin": 0, "optimize_pars": True, "max_tau": 100})),
+        final_deconv=dict(cn["final_deconv_options"]),
     )

@@ -144,15 +144,14 @@ def run_patch(store: AlignedStore, patch: Patch, seeds: np.ndarray, batches: lis
     local = seeds[ids] - np.array([y0, x0])
     model = initialize(source, local, ids, opts)
     log.info("patch %d: block %s, %d seeds, %d initialised", patch.index, patch.block, ids.size, model.K)
-    fitter = Fitter(source, opts)
+    vessels = store.vessel_mask(opts.bv_threshold) if opts.remove_BV else None
+    fitter = Fitter(source, opts, None if vessels is None else vessels[y0:y1, x0:x1])
     n_iter = max(1, opts.max_iter)
     fitter.iterate(model, 1)
     if opts.residual_search and n_iter > 1:
         cn_global, _ = store.global_projections()
-        vessels = store.vessel_mask(opts.bv_threshold) if opts.remove_BV else None
         res = residual_source(source, model, fitter, None if cache_bytes is None else int(cache_bytes))
-        found = residual_seeds(res, source, model, fitter, opts, cn_global[y0:y1, x0:x1],
-                               None if vessels is None else ~vessels[y0:y1, x0:x1])
+        found = residual_seeds(res, source, model, fitter, opts, cn_global[y0:y1, x0:x1])
         if len(found):
             extra = initialize_residual(res, model, found, patch, opts)
             log.info("patch %d: %d residual seeds, %d new components", patch.index, len(found), extra)

@@ -105,10 +105,10 @@ def plan(aligned_path: str | os.PathLike, config: Mapping | None = None) -> Plan
 
     cfg = resolve_config(config or {})
     Cn, PNR = store.global_projections()
-    vessels = store.vessel_mask(opts.bv_threshold) if opts.remove_BV else None
+    # seeds may lie on vessels (neurons under vessels are found); vessel components are removed
+    # by their shape during the refinement (remove_BV)
     seeds, score = find_seeds(Cn, PNR, min_corr=opts.min_corr, min_pnr=opts.min_pnr, radius=opts.local_max_radius,
-                              mask=None if vessels is None else ~vessels, min_contrast=opts.min_contrast,
-                              contrast_window=opts.contrast_window)
+                              min_contrast=opts.min_contrast, contrast_window=opts.contrast_window)
     batches = make_batches(store.sessions, store.shape[0], opts.batch_sz)
     patches = patch_grid(store.shape[1:], opts.patch_dims, opts.w_overlap)
     log.info("%s: movie %s, %d sessions, %d batches, %d seeds, %d patches (cores <= %s, overlap %d)",
@@ -247,7 +247,7 @@ def gather(p: Plan, results: Sequence[PatchResult], movie: np.ndarray | None = N
     opts = p.opts
     model = stitch(p, results)
     source = MovieSource(p.store, p.batches, movie=movie)
-    fitter = Fitter(source, opts)
+    fitter = Fitter(source, opts, p.store.vessel_mask(opts.bv_threshold) if opts.remove_BV else None)
     log.info("stitched %d components from %d patches", model.K, len(results))
     fitter.clean(model)
     n = max(0, opts.refine_iter)

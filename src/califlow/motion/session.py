@@ -529,9 +529,12 @@ def enhance_session(ingest_path: str | os.PathLike, motion_store: str | os.PathL
         movie_out = zarr.open_array(str(tmp_enh / "movie"), mode="r")
         read_step = out_movie.chunks[0] * max(1, chunk // out_movie.chunks[0])
         ranges = [(a, min(T, a + read_step)) for a in range(0, T, read_step)]
+        course = np.zeros(T, np.float32) if pulse is not None else None
         for a, y in _prefetched(lambda a, b: movie_out[a:b], ranges):  # loop over chunks
             if pulse is not None:
-                pulse.remove(y, pulse.course(y), out=y)
+                v = pulse.course(y)
+                course[a:a + len(y)] = v - pulse.v_mean
+                pulse.remove(y, v, out=y)
             peak_acc.add(y, last=a + len(y) == T)
             cn_acc.add(y, thr, median_out)
         timings["projection_pass"] = time.perf_counter() - t1
@@ -552,6 +555,9 @@ def enhance_session(ingest_path: str | os.PathLike, motion_store: str | os.PathL
         g = zarr.open_group(str(tmp_proj), mode="w")
         for key, img in (("mean", mean), ("bv", bv), ("cn", cn), ("pnr", pnr)):
             create_image(g, key, img.astype(np.float32))
+        if pulse is not None:  # removed from the concatenated movie too (califlow.align.concat)
+            create_image(g, "vessel_beta", pulse.beta.astype(np.float32))
+            create_image(g, "vessel_course", course)
         g.attrs.update(summary)
         set_provenance(g, **provenance)
     timings["projections"] = time.perf_counter() - t1
