@@ -304,3 +304,22 @@ def test_allocator_can_be_set_and_restored():
     assert keep_freed_memory(False) is expected
     x = np.ones(10_000_000, np.float32)  # large blocks still work either way
     assert float(x.sum()) == 1e7
+
+
+def test_vessel_shaped_components_are_removed_and_neurons_under_vessels_kept():
+    from califlow.cnmfe.merge import vessel_shaped
+    from califlow.cnmfe.model import footprint_shapes
+
+    yy, xx = np.mgrid[0:H, 0:W]
+    vessel = np.exp(-((yy - 20) ** 2) / (2 * 2.0 ** 2)) * ((xx > 6) & (xx < 42))   # a horizontal segment
+    neuron_on = _gauss(20, 24, 2.0)          # a round neuron under the vessel
+    neuron_off = _gauss(8, 10, 2.0)
+    A = sp.csc_matrix(np.stack([vessel.ravel(), neuron_on.ravel(), neuron_off.ravel()], axis=1).astype(np.float32))
+    mask = vessel > 0.3
+    area, elong = footprint_shapes(A, (H, W))
+    assert elong[0] > 5 and elong[1] < 1.3 and elong[2] < 1.3
+    assert vessel_shaped(A, (H, W), mask.ravel()).tolist() == [True, False, False]
+    # a model's false-positive removal drops the vessel only
+    m = _model(A, np.ones((3, 50), np.float32), np.zeros((3, 50), np.float32))
+    removed = remove_false_positives(m, 4, mask.ravel())
+    assert removed.tolist() == [True, False, False] and m.K == 2

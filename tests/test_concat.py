@@ -142,3 +142,37 @@ def test_end_to_end_with_real_alignment(tmp_path):
     inner = (slice(8, -8), slice(8, -8))
     for f in first[1:]:
         assert np.corrcoef(f[inner].ravel(), first[0][inner].ravel())[0, 1] > 0.99
+
+
+def test_vessel_pulsation_is_regressed_out_of_the_concatenated_movie(sessions, tmp_path):
+    """A session whose projections.zarr holds vessel_beta and vessel_course: movie - course * beta."""
+    from califlow.io.store import create_image
+
+    shapes, movies, paths = sessions
+    al = _alignment(shapes)
+    rng = np.random.default_rng(2)
+    proj_paths, pulses = [], []
+    for i, (m, sh) in enumerate(zip(movies, shapes)):
+        p = tmp_path / f"p{i}.zarr"
+        g = open_group(p, mode="w")
+        for key in ("mean", "bv", "cn", "pnr"):
+            create_image(g, key, m.mean(0))
+        if i == 1:  # only this session had vessels
+            beta = rng.random(sh).astype(np.float32)
+            course = rng.standard_normal(len(m)).astype(np.float32)
+            create_image(g, "vessel_beta", beta)
+            create_image(g, "vessel_course", course)
+            pulses.append(course[:, None, None] * beta[None])
+        else:
+            pulses.append(np.zeros_like(m))
+        proj_paths.append(p)
+    concatenate(paths, al, tmp_path / "with.zarr", projections=proj_paths)
+    concatenate(paths, al, tmp_path / "without.zarr")
+    a = zarr.open_group(str(tmp_path / "with.zarr"), mode="r")["movie"][...]
+    b = zarr.open_group(str(tmp_path / "without.zarr"), mode="r")["movie"][...]
+    start = 0
+    for k, (m, pulse) in enumerate(zip(movies, pulses)):
+        n = len(m)
+        expected = apply_map(pulse, al.maps[k], to="aligned", fill=0.0)
+        np.testing.assert_allclose(b[start:start + n] - a[start:start + n], expected, atol=1e-4)
+        start += n
