@@ -147,7 +147,7 @@ def run_patch(store: AlignedStore, patch: Patch, seeds: np.ndarray, batches: lis
     vessels = store.vessel_mask(opts.bv_threshold) if opts.remove_BV else None
     fitter = Fitter(source, opts, None if vessels is None else vessels[y0:y1, x0:x1])
     n_iter = max(1, opts.max_iter)
-    fitter.iterate(model, 1)
+    ran = fitter.iterate(model, 1)
     if opts.residual_search and n_iter > 1:
         cn_global, _ = store.global_projections()
         res = residual_source(source, model, fitter, None if cache_bytes is None else int(cache_bytes))
@@ -157,7 +157,8 @@ def run_patch(store: AlignedStore, patch: Patch, seeds: np.ndarray, batches: lis
             log.info("patch %d: %d residual seeds, %d new components", patch.index, len(found), extra)
         del res
     if n_iter > 1:
-        fitter.iterate(model, n_iter - 1)
+        ran += fitter.iterate(model, n_iter - 1)
+    log.info("patch %d: %d of max_iter %d iterations run, %d components", patch.index, ran, n_iter, model.K)
     # ownership: seeded components by their seed, residual ones by their footprint peak
     cy0, cy1, cx0, cx1 = patch.core
     peaks = footprint_peaks(model.A, model.shape) + np.array([y0, x0])

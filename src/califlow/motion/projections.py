@@ -32,7 +32,9 @@ Before Cn and PNR (never in the enhanced movie itself), the vessels' common time
 ``VESSEL_THRESHOLD``) is regressed out of every pixel: ``y_t(p) - beta(p) (v_t - mean v)``
 with ``beta(p) = cov_t(y(p), v) / var_t(v)`` over the whole session
 (:class:`VesselPulse`). A neuron is uncorrelated with ``v`` (its own pixels are a tiny share
-of the mask), so it keeps its signal, even when it lies on a vessel.
+of the mask), so it keeps its signal, even when it lies on a vessel.  The same regression,
+restricted to the pixels within ``NEAR_VESSEL_PX`` of the mask, is applied to the
+concatenated movie CNMF-E reads (``vessel_beta``, ``vessel_course`` in ``projections.zarr``).
 
 The accumulators below stream over frame chunks in time order, so memory does not grow
 with the number of frames.
@@ -48,8 +50,8 @@ from scipy import ndimage
 
 from califlow.preprocess.temporal import running_median, window_extent
 
-__all__ = ["CN_BIN_FRAMES", "PNR_MEDIAN_FRAMES", "VESSEL_THRESHOLD", "MIN_VESSEL_PIXELS", "cn_bins",
-           "CorrelationAccumulator", "vessel_mask", "VesselPulse",
+__all__ = ["CN_BIN_FRAMES", "PNR_MEDIAN_FRAMES", "VESSEL_THRESHOLD", "MIN_VESSEL_PIXELS", "NEAR_VESSEL_PX", "cn_bins",
+           "CorrelationAccumulator", "vessel_mask", "near_vessels", "VesselPulse",
            "PeakAccumulator", "BinnedCorrelation", "adjust_cn", "median_filter_zero",
            "finish_cn", "finish_pnr"]
 
@@ -61,6 +63,8 @@ PNR_MEDIAN_FRAMES = 10
 VESSEL_THRESHOLD = 0.3
 #: fewest mask pixels for which the vessel course is regressed out (below: nothing is done)
 MIN_VESSEL_PIXELS = 50
+#: the pulsation is regressed out of the movie within this distance of the vessel mask (px)
+NEAR_VESSEL_PX = 3
 
 
 @numba.njit(cache=True, parallel=True, nogil=True)
@@ -199,6 +203,13 @@ def _accumulate_moments(flat, v, sum_y, sum_yv):
                 sum_y[p] += y
                 sum_yv[p] += vt * y
     return sum_y, sum_yv
+
+
+def near_vessels(mask: np.ndarray, distance: int = NEAR_VESSEL_PX) -> np.ndarray:
+    """The vessel mask grown by ``distance`` px (float32 0/1): where the pulsation is regressed
+    out of the movie itself.  Farther away the regression would only trade a little of each
+    neuron's own signal (which the vessel course partly carries) for nothing."""
+    return ndimage.binary_dilation(np.asarray(mask, bool), iterations=int(distance)).astype(np.float32)
 
 
 def vessel_mask(bv: np.ndarray, threshold: float = VESSEL_THRESHOLD) -> np.ndarray | None:

@@ -555,8 +555,8 @@ def enhance_session(ingest_path: str | os.PathLike, motion_store: str | os.PathL
         g = zarr.open_group(str(tmp_proj), mode="w")
         for key, img in (("mean", mean), ("bv", bv), ("cn", cn), ("pnr", pnr)):
             create_image(g, key, img.astype(np.float32))
-        if pulse is not None:  # removed from the concatenated movie too (califlow.align.concat)
-            create_image(g, "vessel_beta", pulse.beta.astype(np.float32))
+        if pulse is not None:  # removed from the concatenated movie too, on and next to the vessels
+            create_image(g, "vessel_beta", proj.near_vessels(mask) * pulse.beta.astype(np.float32))
             create_image(g, "vessel_course", course)
         g.attrs.update(summary)
         set_provenance(g, **provenance)
