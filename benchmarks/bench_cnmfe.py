@@ -5,6 +5,7 @@ Run::
     python benchmarks/bench_cnmfe.py accuracy            # default preset (4 x 1000 frames, 256x256, 80 neurons)
     python benchmarks/bench_cnmfe.py accuracy --preset dense_lowsnr
     python benchmarks/bench_cnmfe.py spikes --preset dense_lowsnr   # where spike accuracy is lost
+    python benchmarks/bench_cnmfe.py iterations          # max_iter 2 (the loop before its fix) vs 4
     python benchmarks/bench_cnmfe.py speed               # 256x256x4000, 120 neurons, frames/s end to end
     python benchmarks/bench_cnmfe.py memory --frames 15000 60000   # peak RSS, memory_size_to_use 4
     python benchmarks/bench_cnmfe.py memory --frames 15000 60000 --max-iter 2 --no-residual  # shorter
@@ -20,6 +21,9 @@ accuracy  Simulate an animal (``califlow.simulate``), render its sessions in the
 spikes    On the accuracy run's C_raw: median spike r (5-frame bins) and trace r of the final
           deconvolution as written, with other AR-root estimates (fudge factor 0.96 / 1, no
           refit) and with each neuron's true AR(2) roots (the oracle bound of the estimate).
+iterations  The accuracy run with max_iter 2 (what the refinement loop ran before its
+          convergence test compared the traces with a copy of the previous ones) and 4 (the
+          default), interleaved twice in one process: wall time, iterations run per patch, scores.
 speed     The same on a 256x256x4000 movie with 120 neurons: wall time, CPU time and
           frames/s of ``run_cnmfe`` (store already written), in this process.
 memory    Peak RSS of ``run_cnmfe`` in a fresh process on a long movie (the 4000-frame
@@ -142,6 +146,39 @@ def run_spikes(args, workdir: Path) -> None:
     print(f"  {'true AR(2) roots (oracle)':38s} {scores(C, S)}")
 
 
+def run_iterations(args, workdir: Path) -> None:
+    """max_iter 2 (what the loop ran before its convergence test was fixed) against 4, interleaved."""
+    import logging
+    import re
+
+    from califlow.cnmfe import run_cnmfe
+
+    path, animal = build_store(workdir, args.preset, args.seed)
+    ran: list[int] = []
+
+    class Count(logging.Handler):
+        def emit(self, record):
+            m = re.search(r"(\d+) of max_iter \d+ iterations run", record.getMessage())
+            if m:
+                ran.append(int(m.group(1)))
+
+    handler = Count(level=logging.INFO)
+    logger = logging.getLogger("califlow.cnmfe")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    for rep in range(2):
+        for max_iter in (2, 4):
+            ran.clear()
+            t = time.perf_counter()
+            ex = run_cnmfe(path, workdir / f"cnmfe_iter{max_iter}.zarr",
+                           {"cnmfe": {"max_iter": max_iter, "n_processes": args.processes}})
+            wall = time.perf_counter() - t
+            print(f"iterations preset={args.preset} max_iter={max_iter} (round {rep + 1}): wall {wall:.1f} s, "
+                  f"iterations run per patch: mean {np.mean(ran):.2f}, max {max(ran)}; {json.dumps(score(animal, ex))}",
+                  flush=True)
+    logger.removeHandler(handler)
+
+
 def run_speed(args, workdir: Path) -> None:
     from califlow.cnmfe import run_cnmfe
 
@@ -222,7 +259,7 @@ def run_memory(args, workdir: Path) -> None:
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("section", choices=["accuracy", "spikes", "speed", "memory"])
+    ap.add_argument("section", choices=["accuracy", "spikes", "iterations", "speed", "memory"])
     ap.add_argument("--preset", default="default")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--processes", type=int, default=1)
@@ -237,8 +274,8 @@ def main(argv=None) -> None:
     print("command:", " ".join([os.path.basename(sys.executable), *sys.argv]))
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench_cnmfe_"))
     workdir.mkdir(parents=True, exist_ok=True)
-    {"accuracy": run_accuracy, "spikes": run_spikes, "speed": run_speed, "memory": run_memory}[args.section](
-        args, workdir)
+    {"accuracy": run_accuracy, "spikes": run_spikes, "iterations": run_iterations, "speed": run_speed,
+     "memory": run_memory}[args.section](args, workdir)
 
 
 if __name__ == "__main__":

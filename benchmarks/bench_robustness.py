@@ -103,6 +103,44 @@ def _key(c: dict) -> tuple:
     return c["condition"], float(c["diameter"]), c["gsig"], bool(c["aligned"])
 
 
+def true_diameter(condition: str, diameter: float, sessions: int, frames: int, max_side: int, seed: int) -> float:
+    """Median half-maximum equivalent diameter (px) of the footprints the simulator rendered."""
+    import numpy as np
+
+    from califlow.simulate import simulate_animal
+
+    cfg = animal_config(condition, diameter, 1, 10, max_side).replace(n_sessions=1, frames_per_session=10)
+    F = simulate_animal(cfg, seed=seed).ground_truth.footprints_ref
+    peak = F.max(axis=(1, 2))
+    d = 2 * np.sqrt((F >= 0.5 * peak[:, None, None]).sum(axis=(1, 2)) / np.pi)
+    return float(np.median(d[peak > 0.99]))
+
+
+def print_summary(cells: list[dict], max_side: int) -> None:
+    """The auto estimates against the truth per row, and F1 with auto against the best manual gSig."""
+    print("| condition | d (px) | rendered d (px) | estimate (px) | error | F1 auto | best manual F1 (gSig) | auto - best |")
+    print("|---|---|---|---|---|---|---|---|")
+    rows = sorted({(c["condition"], c["diameter"]) for c in cells},
+                  key=lambda r: (CONDITIONS.index(r[0]), r[1]))
+    worst_err, worst_gap = 0.0, 0.0
+    for cond, d in rows:
+        row = [c for c in cells if c["condition"] == cond and c["diameter"] == d]
+        auto = next((c for c in row if c["gsig"] == "auto"), None)
+        manual = [c for c in row if c["gsig"] != "auto" and c["f1"] is not None]
+        if auto is None or not manual:
+            continue
+        truth = true_diameter(cond, d, 1, 10, max_side, auto["seed"])
+        est = auto.get("diameter_estimate")
+        err = (est / truth - 1) if est else float("nan")
+        best = max(manual, key=lambda c: c["f1"])
+        gap = (auto["f1"] or 0) - best["f1"]
+        worst_err, worst_gap = max(worst_err, abs(err)), min(worst_gap, gap)
+        print(f"| {cond} | {d:g} | {truth:.2f} | {est if est else 'n/a'} | {100 * err:+.1f} % | {auto['f1']} | "
+              f"{best['f1']} ({best['gsig']}) | {gap:+.3f} |")
+    print(f"largest diameter error {100 * worst_err:.1f} % (target 15 %); "
+          f"auto F1 at most {-worst_gap:.3f} below the best manual gSig (target 0.02)")
+
+
 def print_table(cells: list[dict]) -> None:
     print("| condition | d (px) | gSig | used | P | R | F1 | trace r | spike r | tracking F1 | wall (s) | target |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
@@ -144,6 +182,7 @@ def main(argv=None) -> None:
                 done[_key(c)] = c
     if args.table_only:
         print_table(list(done.values()))
+        print_summary(list(done.values()), args.max_side)
         return
     from califlow.simulate import simulate_animal
 
@@ -177,6 +216,7 @@ def main(argv=None) -> None:
                     fh.write(json.dumps(cell) + "\n")
                 ran.append(cell)
     print_table(ran)
+    print_summary(ran, args.max_side)
 
 
 if __name__ == "__main__":

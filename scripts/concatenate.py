@@ -1,18 +1,20 @@
 """Snakemake script of rule ``concatenate``: enhanced movies + alignment -> results/{animal}/aligned.zarr.
 
 Reads ``snakemake.input.enhanced`` and ``snakemake.input.projections`` (one per session, in
-the order of ``snakemake.params.sessions``) and ``snakemake.input.alignment``; writes
+the order of ``snakemake.params.sessions``), ``snakemake.input.alignment`` and
+``snakemake.input.neuron_size`` (the gSig recorded in the attrs); writes
 ``snakemake.output[0]`` atomically (nothing is left under its name if the job fails); logs
 progress (frames done, rate, ETA) to ``snakemake.log[0]``.
 """
 
 from califlow.align import concatenate
+from califlow.neuron_size_step import job_config
 from califlow.progress import script_logging
 
 
 def main(smk) -> None:
     with script_logging(smk.log[0] if smk.log else None) as log:
-        config = dict(smk.params.config)
+        config = job_config(smk.params.config, smk.input.neuron_size)
         tolerance = float(config.get("inter_session_alignment", {}).get("fps_tolerance", 0.01))
         summary = concatenate(list(smk.input.enhanced), smk.input.alignment, smk.output[0],
                               names=list(smk.params.sessions), projections=list(smk.input.projections),

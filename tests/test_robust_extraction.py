@@ -103,7 +103,7 @@ def test_collapse_and_silent_sessions_are_reported():
     active = np.zeros((3, 2), bool)
     active[:, 0] = True
     w = extraction_warnings(300, 3, active, ["day1", "day2"], opts, diameter=12.0, animal="m1")
-    assert any("collapsed: 300 seeds" in x and "gSig 1.6 looks small" in x and "12 px across" in x for x in w), w
+    assert any("collapsed: 300 seeds" in x and "gSig 1.6 looks small" in x and "12.0 px across" in x for x in w), w
     assert any("no neuron is active in session(s) day2" in x for x in w), w
     assert extraction_warnings(80, 78, np.ones((78, 2), bool), ["a", "b"], opts, diameter=5.0) == []
     none = extraction_warnings(0, 0, np.zeros((0, 2), bool), ["a", "b"], opts)
@@ -124,3 +124,11 @@ def test_seeding_figure_counts_the_seeds_cnmfe_uses(sweep_animal, tmp_path):
     assert by["configured"] == len(plan(tmp_path / "aligned.zarr", {}).seeds) > 10
     assert by["looser"] >= by["configured"] >= by["stricter"]
     assert (tmp_path / "seeds.png").stat().st_size > 10_000
+
+
+def test_gsig_far_above_the_data_is_capped():
+    from califlow.params import apply_neuron_size
+    from califlow.sizes import CEILING_FRACTION
+
+    cfg = apply_neuron_size({"general": {"gSig": 10.0}}, {"diameter": 8.1, "gsig": 2.7})
+    assert cfg["general"]["gSig"] == pytest.approx(CEILING_FRACTION * 2.7, abs=1e-3)

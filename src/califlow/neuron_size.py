@@ -263,21 +263,21 @@ def estimate_neuron_size(movie: np.ndarray, fps: float, *, detrend_s: float = 1.
                       (float(np.percentile(kept, 25)), float(np.percentile(kept, 75))), kept.tolist())
 
 
-def size_warning(gsig: float, size: NeuronSize, too_large: float = 1.6) -> str | None:
-    """A warning when a manual gSig is far from the one the data suggest (None when it fits).
+def size_warning(gsig: float, size: NeuronSize) -> str | None:
+    """A warning when a manual gSig is outside the floor and ceiling the measured size sets.
 
-    Small: below the floor of :func:`califlow.sizes.effective_gsig` (``FLOOR_FRACTION`` of
-    the measured gSig); large: above ``too_large`` times the measured gSig.
+    (:func:`califlow.sizes.effective_gsig`: ``FLOOR_FRACTION`` to ``CEILING_FRACTION`` times
+    the measured gSig); None when it fits.
     """
-    from califlow.sizes import FLOOR_FRACTION
+    from califlow.sizes import CEILING_FRACTION, FLOOR_FRACTION
 
     if not size.ok or not gsig > 0:
         return None
     ratio = float(gsig) / size.gsig
-    if FLOOR_FRACTION <= ratio <= too_large:
+    if FLOOR_FRACTION <= ratio <= CEILING_FRACTION:
         return None
     word = "small" if ratio < 1 else "large"
-    return (f"gSig {gsig:g} looks {word} for these data: their neurons are about {size.diameter:.0f} px across "
+    return (f"gSig {gsig:g} looks {word} for these data: their neurons are about {size.diameter:.1f} px across "
             f"(half-maximum diameter; gSig {size.gsig:.1f} would fit)")
 
 

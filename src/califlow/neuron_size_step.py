@@ -111,8 +111,9 @@ def _used_sizes(cfg: Mapping, pooled) -> dict:
     warnings = []
     if gen["gSig"] != "auto":
         msg = size_warning(float(gen["gSig"]), pooled)
-        if msg and used["gSig"] > float(gen["gSig"]):
-            msg += (f"; every size derived from gSig uses {used['gSig']:g} instead (the floor set by the "
+        if msg and used["gSig"] != float(gen["gSig"]):
+            bound = "floor" if used["gSig"] > float(gen["gSig"]) else "ceiling"
+            msg += (f"; every size derived from gSig uses {used['gSig']:g} instead (the {bound} set by the "
                     f"{used['neuron_diameter']:g} px diameter; use gSig: auto, or set general.neuron_diameter)")
         if msg:
             warnings.append(msg)

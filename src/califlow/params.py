@@ -338,8 +338,8 @@ def apply_neuron_size(config: Mapping, size: Mapping | None) -> dict:
     dict
         ``general.neuron_diameter`` = the measured diameter when it was empty; ``general.gSig``
         = the measured gSig when it was 'auto', else :func:`califlow.sizes.effective_gsig`
-        of the configured one (raised to the data's floor, never lowered); the values
-        derived from gSig follow it unless they were set by hand.
+        of the configured one (clipped to the data's floor and ceiling); the values derived
+        from gSig follow it unless they were set by hand.
 
     Raises
     ------

@@ -11,15 +11,17 @@ see its background: the MIN1PIPE top-hat disk (``2 gSig``) erases the bodies of 
 wider than itself, a ring (``6 gSig``) inside the neuron turns the neuron into background,
 and the seeds' contrast window and initialisation box shrink with it.  A gSig far below the
 data's neuron size therefore loses most neurons (robustness grid: F1 0.42 at gSig = d/6 for
-20-px neurons); with the floor it costs nothing, and the job warns.  A gSig larger than the
-floor is used as given.  Without a measurement gSig is used as given, as in CaliAli.
+20-px neurons); with the floor it costs nothing, and the job warns.  Likewise a gSig more
+than ``CEILING_FRACTION`` times the data's is lowered to that ceiling (gSig 10 on 8-px
+neurons found no seed).  Between the two, gSig is used as given; without a measurement it
+is always used as given, as in CaliAli.
 """
 
 from __future__ import annotations
 
 import math
 
-__all__ = ["DIAMETER_PER_GSIG", "FLOOR_FRACTION", "effective_gsig", "bv_size", "enhance_disk_radius", "speck_sigma",
+__all__ = ["DIAMETER_PER_GSIG", "FLOOR_FRACTION", "CEILING_FRACTION", "effective_gsig", "bv_size", "enhance_disk_radius", "speck_sigma",
            "ring_radius", "contrast_window", "local_max_radius", "box_radius", "min_pixel", "gsiz"]
 
 #: Half-maximum neuron diameter (px) per unit of gSig, for the gSig that ``gSig: auto`` uses and
@@ -28,14 +30,21 @@ DIAMETER_PER_GSIG = 3.0
 #: The floor is this fraction of the measured gSig, so that a gSig close to the data's (the
 #: seeds' 2.5 on 7-8 px neurons) is used as given; only one clearly too small is raised.
 FLOOR_FRACTION = 0.85
+#: ... and a gSig more than this many times the measured one is lowered to it (a ring and a
+#: contrast window many neurons wide, or a min_pixel larger than the neurons, lose them all).
+CEILING_FRACTION = 1.6
 
 
 def effective_gsig(gsig: float, diameter: float | None = None) -> float:
-    """``max(gSig, FLOOR_FRACTION x diameter / DIAMETER_PER_GSIG)`` (px); gSig when the diameter is unknown."""
+    """gSig clipped to [``FLOOR_FRACTION``, ``CEILING_FRACTION``] x ``diameter / DIAMETER_PER_GSIG`` (px).
+
+    gSig itself when the diameter is unknown.
+    """
     g = float(gsig)
     if diameter is None or not math.isfinite(float(diameter)) or float(diameter) <= 0:
         return g
-    return max(g, FLOOR_FRACTION * float(diameter) / DIAMETER_PER_GSIG)
+    fit = float(diameter) / DIAMETER_PER_GSIG
+    return min(max(g, FLOOR_FRACTION * fit), CEILING_FRACTION * fit)
 
 
 def gsiz(gsig: float) -> float:

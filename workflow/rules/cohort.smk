@@ -41,6 +41,7 @@ rule concatenate:
             "results/{animal}/sessions/{session}/projections.zarr"
         ),
         alignment="results/{animal}/alignment.zarr",
+        neuron_size=NEURON_SIZE,
     output:
         directory("results/{animal}/aligned.zarr"),
     params:

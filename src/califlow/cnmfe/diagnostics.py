@@ -24,16 +24,16 @@ MIN_SEEDS_FOR_COLLAPSE = 10
 
 def size_hint(gsig: float, diameter: float | None) -> str | None:
     """'gSig X looks small for these data: ...' when gSig is far from the measured neuron size."""
-    from califlow.sizes import DIAMETER_PER_GSIG, FLOOR_FRACTION
+    from califlow.sizes import CEILING_FRACTION, DIAMETER_PER_GSIG, FLOOR_FRACTION
 
     if diameter is None or not math.isfinite(float(diameter)) or diameter <= 0:
         return None
     fit = float(diameter) / DIAMETER_PER_GSIG
     ratio = float(gsig) / fit
-    if FLOOR_FRACTION <= ratio <= 1.6:
+    if FLOOR_FRACTION <= ratio <= CEILING_FRACTION:
         return None
     word = "small" if ratio < 1 else "large"
-    return (f"gSig {gsig:g} looks {word} for these data: their neurons are about {diameter:.0f} px across "
+    return (f"gSig {gsig:g} looks {word} for these data: their neurons are about {diameter:.1f} px across "
             f"(gSig ~ {fit:.1f})")
 
 
@@ -61,7 +61,9 @@ def extraction_warnings(n_seeds: int, n_neurons: int, active: np.ndarray, sessio
     thresholds = f"min_corr {opts.min_corr:g} / min_pnr {opts.min_pnr:g}"
     out = []
     if n_seeds == 0:
-        out.append(f"{head}CNMF-E found no seed above {thresholds}: no neuron was extracted"
+        found = (f"only the residual search found {n_neurons} neuron(s)" if n_neurons
+                 else "no neuron was extracted")
+        out.append(f"{head}CNMF-E found no seed above {thresholds}: {found}"
                    f"{'; ' + hint if hint else '; lower min_corr or min_pnr (califlow seeds shows the candidates)'}")
     elif n_seeds >= MIN_SEEDS_FOR_COLLAPSE and n_neurons < COLLAPSE_RATIO * n_seeds:
         cause = hint or (f"the seeds may not be neurons: check {thresholds} and gSig {opts.gSig:g} "

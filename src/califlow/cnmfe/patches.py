@@ -163,7 +163,8 @@ def run_patch(store: AlignedStore, patch: Patch, seeds: np.ndarray, batches: lis
     cy0, cy1, cx0, cx1 = patch.core
     peaks = footprint_peaks(model.A, model.shape) + np.array([y0, x0])
     seeded = model.ids < RESIDUAL_ID_BASE
-    pos = np.where(seeded[:, None], seeds[np.where(seeded, model.ids, 0)], peaks)
+    by_seed = seeds[np.where(seeded, model.ids, 0)] if len(seeds) else peaks  # no global seed: residual only
+    pos = np.where(seeded[:, None], by_seed, peaks)
     own = (pos[:, 0] >= cy0) & (pos[:, 0] < cy1) & (pos[:, 1] >= cx0) & (pos[:, 1] < cx1)
     model.keep(own)
     _, h, w = store.shape
