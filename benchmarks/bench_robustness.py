@@ -135,7 +135,7 @@ def print_summary(cells: list[dict], max_side: int) -> None:
         best = max(manual, key=lambda c: c["f1"])
         gap = (auto["f1"] or 0) - best["f1"]
         worst_err, worst_gap = max(worst_err, abs(err)), min(worst_gap, gap)
-        print(f"| {cond} | {d:g} | {truth:.2f} | {est if est else 'n/a'} | {100 * err:+.1f} % | {auto['f1']} | "
+        print(f"| {cond} | {d:g} | {truth:.2f} | {f'{est:.2f}' if est else 'n/a'} | {100 * err:+.1f} % | {auto['f1']} | "
               f"{best['f1']} ({best['gsig']}) | {gap:+.3f} |")
     print(f"largest diameter error {100 * worst_err:.1f} % (target 15 %); "
           f"auto F1 at most {-worst_gap:.3f} below the best manual gSig (target 0.02)")
