@@ -40,6 +40,7 @@ def read_sample(path: str | os.PathLike, cfg: Mapping, fps: float | None = None,
     Frames marked dropped (NaN) are left out.  Returns (frames (n, h, w) float32, fps after
     ``temporal_ds``).
     """
+    from califlow.errors import InputError
     from califlow.io import open_movie
     from califlow.preprocess.downsample import downsample
 
@@ -49,7 +50,11 @@ def read_sample(path: str | os.PathLike, cfg: Mapping, fps: float | None = None,
     T = int(source.shape[0])
     want = min(T, n_frames * k)
     a = max(0, (T - want) // 2)
-    frames = np.asarray(source.read(a, a + want), np.float32)
+    try:
+        frames = np.asarray(source.read(a, a + want), np.float32)
+    except InputError as exc:  # a header that claims more frames than decode: take the first ones
+        log.warning("%s: %s; measuring on the first %d frames instead", path, exc, want)
+        frames = np.asarray(next(source.iter_chunks(want))[1], np.float32)
     small, _ = downsample(frames, s, k)
     good = np.isfinite(small).all(axis=(1, 2))
     rate = float(source.fps or fps or cfg["general"]["sf"]) / k
