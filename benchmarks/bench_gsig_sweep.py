@@ -9,8 +9,9 @@ The animal is the test's (128 x 128, 2 sessions x 300 frames, 40 neurons of 8 px
 rendered without motion (``califlow.cnmfe.simulated.write_aligned_store``) and enhanced
 with each gSig; CNMF-E runs with that gSig and no measured floor (every size follows gSig
 itself).  Only APIs that every califlow version has are used, so the same script measures
-an older checkout.  Prints one row per gSig: neurons found, precision, recall, F1, and the
-largest drop in the count between neighbouring values.
+an older checkout.  Prints one row per gSig: neurons found, precision, recall, F1, the
+median footprint correlation with the ground truth, and the largest drop in the count
+between neighbouring values.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ def main(argv=None) -> None:
     work = args.workdir or Path(tempfile.mkdtemp(prefix="bench_sweep_"))
     work.mkdir(parents=True, exist_ok=True)
     counts = []
-    print("| gSig | neurons | P | R | F1 |\n|---|---|---|---|---|")
+    print("| gSig | neurons | P | R | F1 | footprint r |\n|---|---|---|---|---|---|")
     for g in args.gsig:
         store = work / f"aligned_{g}.zarr"
         if not store.exists():
@@ -51,7 +52,8 @@ def main(argv=None) -> None:
                        {"general": {"gSig": g}, "cnmfe": {"patch_dims": [64, 64], "w_overlap": 16}})
         r = score_extraction(animal.ground_truth, ex.A, ex.C, ex.S)
         counts.append(ex.C.shape[0])
-        print(f"| {g:g} | {ex.C.shape[0]} | {r['precision']:.3f} | {r['recall']:.3f} | {r['f1']:.3f} |", flush=True)
+        print(f"| {g:g} | {ex.C.shape[0]} | {r['precision']:.3f} | {r['recall']:.3f} | {r['f1']:.3f} | "
+              f"{r['footprint_r']:.3f} |", flush=True)
     drops = [1 - b / max(a, 1) for a, b in zip(counts[:-1], counts[1:])]
     i = max(range(len(drops)), key=drops.__getitem__) if drops else 0
     if drops:
