@@ -107,7 +107,7 @@ def _planned_rules(proc_stdout: str) -> set[str]:
     return rules
 
 
-AFTER_CNMFE = {"cnmfe", "events_table", "export_session", "qc_animal", "spike_extraction"}
+AFTER_CNMFE = {"cnmfe", "events_table", "export_session", "qc_animal", "qc_seeds", "spike_extraction"}
 # the enhanced movies are temporary: re-concatenating recomputes each session's chain
 # (Snakemake reruns what consumes a regenerated file: motion_correct and its QC too)
 SESSION_CHAIN = {"ingest", "motion_correct", "enhance", "qc_session"}
