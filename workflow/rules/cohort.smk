@@ -28,6 +28,8 @@ rule align_sessions:
         config=group_params("inter_session_alignment", "general"),
     log:
         "logs/{animal}/align_sessions.log",
+    benchmark:
+        "logs/{animal}/align_sessions.benchmark.tsv"
     conda:
         "../../envs/califlow.yaml"
     script:
@@ -49,6 +51,8 @@ rule concatenate:
         config=group_params("inter_session_alignment", "general"),
     log:
         "logs/{animal}/concatenate.log",
+    benchmark:
+        "logs/{animal}/concatenate.benchmark.tsv"
     conda:
         "../../envs/califlow.yaml"
     script:

@@ -10,6 +10,8 @@ rule events_table:
         threshold=CFG["export"]["event_threshold"],
     log:
         "logs/{animal}/events_table.log",
+    benchmark:
+        "logs/{animal}/events_table.benchmark.tsv"
     conda:
         "../../envs/califlow.yaml"
     script:
@@ -28,6 +30,8 @@ rule export_session:
         export=CFG["export"],
     log:
         "logs/{animal}/{session}/export_session.log",
+    benchmark:
+        "logs/{animal}/{session}/export_session.benchmark.tsv"
     conda:
         "../../envs/califlow.yaml"
     script:
@@ -50,7 +54,7 @@ rule qc_seeds:
     log:
         "logs/{animal}/qc_seeds.log",
     benchmark:
-        "benchmarks/{animal}/qc_seeds.tsv"
+        "logs/{animal}/qc_seeds.benchmark.tsv"
     conda:
         "../../envs/califlow.yaml"
     script:
@@ -72,6 +76,8 @@ rule qc_session:
         ),
     log:
         "logs/{animal}/{session}/qc_session.log",
+    benchmark:
+        "logs/{animal}/{session}/qc_session.benchmark.tsv"
     conda:
         "../../envs/califlow.yaml"
     script:
@@ -111,6 +117,8 @@ rule qc_animal:
         ),
     log:
         "logs/{animal}/qc_animal.log",
+    benchmark:
+        "logs/{animal}/qc_animal.benchmark.tsv"
     conda:
         "../../envs/califlow.yaml"
     script:

@@ -22,6 +22,8 @@ if CNMFE_JOBS > 0:
             n_jobs=CNMFE_JOBS,
         log:
             "logs/{animal}/cnmfe_patches_{job}.log",
+        benchmark:
+            "logs/{animal}/cnmfe_patches_{job}.benchmark.tsv"
         wildcard_constraints:
             job=r"\d+",
         resources:
@@ -45,6 +47,8 @@ if CNMFE_JOBS > 0:
             config=group_params("cnmfe", "general"),
         log:
             "logs/{animal}/cnmfe_gather.log",
+        benchmark:
+            "logs/{animal}/cnmfe_gather.benchmark.tsv"
         resources:
             mem_mb=cnmfe_mem_mb,
         conda:
@@ -65,6 +69,8 @@ else:
             config=group_params("cnmfe", "general"),
         log:
             "logs/{animal}/cnmfe.log",
+        benchmark:
+            "logs/{animal}/cnmfe.benchmark.tsv"
         threads: max(1, int(CFG["cnmfe"]["n_processes"]))
         resources:
             mem_mb=cnmfe_mem_mb,

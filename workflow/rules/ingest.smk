@@ -10,6 +10,8 @@ rule simulate_demo_session:
         sessions=animal_sessions,
     log:
         "logs/{animal}/{session}/simulate_demo.log",
+    benchmark:
+        "logs/{animal}/{session}/simulate_demo.benchmark.tsv"
     conda:
         "../../envs/califlow.yaml"
     script:
@@ -25,6 +27,8 @@ rule simulate_demo_truth:
         sessions=animal_sessions,
     log:
         "logs/{animal}/simulate_demo_truth.log",
+    benchmark:
+        "logs/{animal}/simulate_demo_truth.benchmark.tsv"
     conda:
         "../../envs/califlow.yaml"
     script:
@@ -43,6 +47,8 @@ rule ingest:
         default_fps=CFG["general"]["sf"],
     log:
         "logs/{animal}/{session}/ingest.log",
+    benchmark:
+        "logs/{animal}/{session}/ingest.benchmark.tsv"
     group:
         "session"
     conda:

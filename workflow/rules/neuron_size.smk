@@ -21,7 +21,7 @@ rule neuron_size:
     log:
         "logs/{animal}/neuron_size.log",
     benchmark:
-        "benchmarks/{animal}/neuron_size.tsv"
+        "logs/{animal}/neuron_size.benchmark.tsv"
     resources:
         mem_mb=2000,
     conda:

@@ -19,6 +19,8 @@ rule motion_correct:
         },
     log:
         "logs/{animal}/{session}/motion_correct.log",
+    benchmark:
+        "logs/{animal}/{session}/motion_correct.benchmark.tsv"
     group:
         "session"
     conda:
@@ -39,6 +41,8 @@ rule enhance:
         config=group_params("general", "downsampling", "preprocessing"),
     log:
         "logs/{animal}/{session}/enhance.log",
+    benchmark:
+        "logs/{animal}/{session}/enhance.benchmark.tsv"
     group:
         "session"
     conda:

@@ -12,6 +12,8 @@ rule spike_extraction:
         spike_extraction=CFG["spike_extraction"],
     log:
         "logs/{animal}/spike_extraction.log",
+    benchmark:
+        "logs/{animal}/spike_extraction.benchmark.tsv"
     conda:
         "../../envs/califlow.yaml"
     script:
