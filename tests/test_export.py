@@ -15,9 +15,10 @@ def _fake_extraction(tmp_path, K=4, H=30, W=40, lengths=(50, 70), fps=(20.0, 10.
     A = rng.random((K, H, W)).astype(np.float32)
     C = rng.random((K, T)).astype(np.float32)
     S = np.zeros((K, T), np.float32)
-    S[0, 3] = 2.0          # session a, frame 3
-    S[2, 50 + 7] = 1.5     # session b, frame 7
-    S[3, 60] = 0.5         # session b, frame 10
+    if K:
+        S[0, 3] = 2.0          # session a, frame 3
+        S[2, 50 + 7] = 1.5     # session b, frame 7
+        S[3, 60] = 0.5         # session b, frame 10
     g = zarr.open_group(str(tmp_path / "cnmfe.zarr"), mode="w")
     for name, arr in (("A", A), ("C", C), ("C_raw", C + 0.1), ("S", S)):
         create_image(g, name, arr)
@@ -97,3 +98,26 @@ def test_event_threshold(tmp_path):
     ext, (A, C, S) = _fake_extraction(tmp_path)
     ev = export.events_table(ext["S"], ext["sessions"], threshold=1.0)
     assert ev[["cell", "session", "frame"]].values.tolist() == [[0, "a", 3], [2, "b", 7]]
+
+
+def test_an_animal_without_neurons_exports_valid_empty_files(tmp_path):
+    """K = 0 (an extraction that found nothing): CSV, NWB (nwbinspector) and isxd are written, empty."""
+    pynwb = pytest.importorskip("pynwb")
+    nwbinspector = pytest.importorskip("nwbinspector")
+    isxd = pytest.importorskip("califlow.io.isxd")
+    ext, _ = _fake_extraction(tmp_path, K=0)
+    meta = {"experimenter": ["Doe, Jane"], "institution": "Uni", "lab": "Lab", "age": "P90D"}
+    files = export.export_session(ext, "b", tmp_path / "out", metadata=meta, formats=("csv", "nwb", "isxd"))
+    nwb_path = [f for f in files if f.suffix == ".nwb"][0]
+    with pynwb.NWBHDF5IO(str(nwb_path), "r") as io:
+        f = io.read()
+        ps = f.processing["ophys"]["ImageSegmentation"]["PlaneSegmentation"]
+        assert len(ps) == 0 and len(ps["global_roi_id"][:]) == 0
+    msgs = list(nwbinspector.inspect_nwbfile(nwbfile_path=str(nwb_path), config=nwbinspector.load_config("dandi")))
+    bad = [(m.importance.name, m.message, m.object_name) for m in msgs
+           if m.importance.name in ("CRITICAL", "BEST_PRACTICE_VIOLATION") and "no data" not in m.message]
+    assert bad == [], bad
+    cs = isxd.read_cellset(tmp_path / "out" / "cellset_denoised.isxd")
+    assert cs.traces.shape[0] == 0
+    traces = [f for f in files if f.name == "traces.csv"][0]
+    assert pd.read_csv(traces).shape == (70, 2)

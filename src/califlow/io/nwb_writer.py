@@ -97,14 +97,11 @@ def write_session_nwb(path: str | Path, session: NWBSession, metadata: dict) -> 
         The ``export`` config group: species, sex, age, experimenter, lab, institution,
         indicator, location, excitation_lambda, emission_lambda, device.
     """
-    from hdmf.backends.hdf5.h5_utils import H5DataIO
     from pynwb import NWBHDF5IO, NWBFile
     from pynwb.file import Subject
     from pynwb.base import Images
     from pynwb.image import GrayscaleImage
-    from pynwb.ophys import (Fluorescence, ImageSegmentation, OnePhotonSeries, OpticalChannel,
-                             RoiResponseSeries)
-    from hdmf.common import DynamicTable, VectorData, VectorIndex
+    from pynwb.ophys import ImageSegmentation, OnePhotonSeries, OpticalChannel
 
     from califlow import __version__
     from califlow.io.store import atomic_output
@@ -155,12 +152,38 @@ def write_session_nwb(path: str | Path, session: NWBSession, metadata: dict) -> 
         name="PlaneSegmentation", imaging_plane=plane,
         description=session.description or "CNMF-E footprints in the aligned frame, shared by all sessions.",
     )
-    ps.add_column("global_roi_id", "cell id shared by every session of the animal")
-    ps.add_column("present", "cell active in this session")
-    ps.add_column("snr", "signal-to-noise ratio of the cell's trace")
+    columns = (("global_roi_id", "cell id shared by every session of the animal", np.int64),
+               ("present", "cell active in this session", bool),
+               ("snr", "signal-to-noise ratio of the cell's trace", np.float64))
+    for name, desc, dtype in columns:  # typed empty columns: an extraction may have no cell
+        ps.add_column(name, desc, **({} if K else {"data": np.zeros(0, dtype)}))
+    if K == 0:
+        ps.add_column("image_mask", "footprint of the cell in the aligned frame (none here)",
+                      data=np.zeros((0, *session.footprints.shape[1:]), np.float32))
     for k in range(K):
         ps.add_roi(image_mask=session.footprints[k].astype(np.float32), global_roi_id=int(session.cell_ids[k]),
                    present=bool(session.present[k]), snr=float(session.snr[k]))
+    if K:  # no cell, no traces: an empty extraction has only the (empty) segmentation
+        _add_traces(ophys, ps, session)
+    if session.images:
+        imgs = Images(name="SegmentationImages", description="summary images of the session (aligned frame)")
+        for name, img in session.images.items():
+            imgs.add_image(GrayscaleImage(name=name, data=np.asarray(img, dtype=np.float32),
+                                          description=f"{name} image of the session"))
+        ophys.add(imgs)
+    with atomic_output(path) as tmp:
+        with NWBHDF5IO(str(tmp), "w") as io:
+            io.write(nwb)
+    return path
+
+
+def _add_traces(ophys, ps, session) -> None:
+    """Fluorescence (raw, denoised, deconvolved) and the SpikeEvents table of the session's cells."""
+    from hdmf.backends.hdf5.h5_utils import H5DataIO
+    from hdmf.common import DynamicTable, VectorData, VectorIndex
+    from pynwb.ophys import Fluorescence, RoiResponseSeries
+
+    K = len(session.cell_ids)
     rois = ps.create_roi_table_region(region=list(range(K)), description="all cells")
     fl = Fluorescence(name="Fluorescence")
     ophys.add(fl)
@@ -187,13 +210,3 @@ def write_session_nwb(path: str | Path, session: NWBSession, metadata: dict) -> 
         ],
     )
     ophys.add(events)
-    if session.images:
-        imgs = Images(name="SegmentationImages", description="summary images of the session (aligned frame)")
-        for name, img in session.images.items():
-            imgs.add_image(GrayscaleImage(name=name, data=np.asarray(img, dtype=np.float32),
-                                          description=f"{name} image of the session"))
-        ophys.add(imgs)
-    with atomic_output(path) as tmp:
-        with NWBHDF5IO(str(tmp), "w") as io:
-            io.write(nwb)
-    return path
