@@ -2,7 +2,7 @@
 
 from califlow.params import ConfigError
 
-__all__ = ["CaliflowError", "InputError", "ConfigError"]
+__all__ = ["CaliflowError", "InputError", "ConfigError", "OutOfSpaceError"]
 
 
 class CaliflowError(Exception):
@@ -13,4 +13,12 @@ class InputError(CaliflowError, ValueError):
     """An input file, folder or sheet entry cannot be used as given.
 
     The message names the file (and the frame, where one is at fault) and says what to do.
+    """
+
+
+class OutOfSpaceError(CaliflowError, OSError):
+    """An output did not fit on its disk.
+
+    The message names the output, the bytes it needed (or had written when the disk filled)
+    and the bytes that were free. Nothing half-written is left behind.
     """

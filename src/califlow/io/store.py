@@ -9,10 +9,12 @@ store behind under the final name. Movies are (T, H, W) float32 arrays chunked a
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
 import json
 import os
 import shutil
+import time
 import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -27,6 +29,7 @@ __all__ = [
     "FrameWriter",
     "compressor",
     "atomic_output",
+    "check_free_space",
     "create_movie",
     "create_image",
     "provenance",
@@ -52,21 +55,93 @@ def _tmp_name(path: Path) -> Path:
     return path.with_name(f".{path.stem}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}{path.suffix}")
 
 
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    elif path.exists() or path.is_symlink():
-        path.unlink()
+def _remove(path: Path, settle_s: float = 0.0) -> None:
+    """Remove a file or folder; with ``settle_s``, again while writes still in flight recreate it."""
+    deadline = time.monotonic() + settle_s
+    while True:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        elif path.exists() or path.is_symlink():
+            path.unlink(missing_ok=True)
+        if time.monotonic() >= deadline:
+            return
+        time.sleep(0.05)
+
+
+def _size_text(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+def _bytes_in(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else 0
+
+
+def _free_bytes(folder: Path) -> int:
+    return int(shutil.disk_usage(folder).free)
+
+
+def is_out_of_space(exc: BaseException) -> bool:
+    """True for an out-of-space or over-quota error (errno, or HDF5's wording of it)."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    return "No space left on device" in str(exc) or "Disk quota exceeded" in str(exc)
+
+
+def check_free_space(path: str | os.PathLike, needed_bytes: int) -> None:
+    """Raise :class:`~califlow.errors.OutOfSpaceError` before writing ``path`` when it cannot fit.
+
+    ``needed_bytes`` is the size the output will take (at least); the free space of the disk
+    that holds ``path``'s folder must cover it.
+    """
+    from califlow.errors import OutOfSpaceError
+
+    final = Path(path)
+    free = _free_bytes(final.parent)
+    if needed_bytes > free:
+        raise OutOfSpaceError(errno.ENOSPC, f"not enough space for {final}: it needs {_size_text(needed_bytes)} "
+                              f"({needed_bytes} bytes) and {_size_text(free)} ({free} bytes) are free on its "
+                              "disk; free space or point the results elsewhere")
+
+
+def _out_of_space(final: Path, written: int, needed: int | None, exc: BaseException) -> Exception:
+    from califlow.errors import OutOfSpaceError
+
+    free = _free_bytes(final.parent)
+    need = (f"it needed {_size_text(needed)} ({needed} bytes)" if needed else
+            f"it needed more than the {_size_text(written)} ({written} bytes) written when the disk filled")
+    return OutOfSpaceError(errno.ENOSPC, f"the disk filled while writing {final}: {need}, and "
+                           f"{_size_text(free)} ({free} bytes) are free once its partial output is removed "
+                           f"({type(exc).__name__}: {exc}); free space or point the results elsewhere")
 
 
 @contextlib.contextmanager
-def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_output(path: str | os.PathLike, needed_bytes: int | None = None) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it to ``path`` on success.
 
     On any exception the temporary file or directory is removed and ``path`` is left as it
     was (absent or the previous complete version), so no half-written output remains.
     Temporaries of ``path`` left by a killed earlier attempt are removed first (one job
     writes a given output at a time, so they cannot belong to a live writer).
+
+    Parameters
+    ----------
+    path : path
+        The final output (file or folder).
+    needed_bytes : int, optional
+        Size the output will take, where it is known in advance: the free space is checked
+        before anything is written (:func:`check_free_space`).
+
+    Raises
+    ------
+    califlow.errors.OutOfSpaceError
+        Not enough free space (checked up front), or the disk filled while writing; the
+        message names the output, the bytes needed (or written) and the bytes free.
 
     Examples
     --------
@@ -77,12 +152,20 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     final.parent.mkdir(parents=True, exist_ok=True)
     for stale in final.parent.glob(f".{glob.escape(final.stem)}.tmp-*{glob.escape(final.suffix)}"):
         _remove(stale)
+    if needed_bytes:
+        check_free_space(final, int(needed_bytes))
     tmp = _tmp_name(final)
     try:
         yield tmp
-    except BaseException:
-        _remove(tmp)
-        raise
+    except BaseException as exc:
+        from califlow.errors import OutOfSpaceError
+
+        if not is_out_of_space(exc) or isinstance(exc, OutOfSpaceError):
+            _remove(tmp)
+            raise
+        written = _bytes_in(tmp)
+        _remove(tmp, settle_s=0.5)  # writer threads still in flight may recreate chunk folders
+        raise _out_of_space(final, written, needed_bytes, exc) from exc
     if not tmp.exists():
         raise FileNotFoundError(f"atomic_output: nothing was written to the temporary {tmp} for {final}")
     if final.exists() or final.is_symlink():

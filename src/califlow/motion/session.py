@@ -471,7 +471,7 @@ def enhance_session(ingest_path: str | os.PathLike, motion_store: str | os.PathL
     provenance = {"params": {k: cfg[k] for k in _GROUPS}, "inputs": [str(ingest_path), str(motion_store)],
                   "session": name}
     detrender = DetrendStream(fps, pp["detrend"])
-    with atomic_output(enhanced_path) as tmp_enh:
+    with atomic_output(enhanced_path, needed_bytes=T * h * w * 4) as tmp_enh:  # uncompressed float32
         g = zarr.open_group(str(tmp_enh), mode="w")
         # temporary intermediate, uncompressed: noise-scaled float32 frames compress by only ~1.3x
         # (zstd level 1), and compressing then reading back cost ~1.5 ms of CPU per 300x300 frame
