@@ -27,7 +27,7 @@ def main(smk):
                    source_files=summary.get("source_files") or [],
                    frames_per_file=summary.get("frames_per_file") or [],
                    raw_fps=summary.get("fps_raw"), formats=formats,
-                   snr=snr, event_threshold=float(cfg["event_threshold"]))
+                   snr=snr, event_threshold=float(cfg["event_threshold"]), start_time=summary.get("start_time"))
 
 
 with script_logging(snakemake.log[0]):  # noqa: F821 - injected by Snakemake

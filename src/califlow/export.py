@@ -10,6 +10,7 @@ tracking.
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -17,6 +18,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from califlow.io.start_time import parse_start
 from califlow.io.store import atomic_output, open_group
 
 __all__ = ["SessionSlice", "session_slices", "events_table", "trace_table", "cell_names",
@@ -130,12 +132,14 @@ def export_session(extraction: dict, session: str, out_dir: str | Path, *, metad
                    images: dict | None = None, source_files: Sequence[str] = (),
                    frames_per_file: Sequence[int] = (), raw_fps: float | None = None,
                    formats: Sequence[str] = ("csv", "nwb", "isxd"), snr: np.ndarray | None = None,
-                   event_threshold: float = 0.0) -> list[Path]:
+                   event_threshold: float = 0.0, start_time: str | None = None) -> list[Path]:
     """Write one session's exports into ``out_dir``.
 
     Files: ``traces_raw.csv`` (C_raw), ``traces.csv`` (C), ``spikes.csv`` (S); with "nwb"
-    ``{animal}_{session}.nwb``; with "isxd" ``cellset_raw.isxd``, ``cellset_denoised.isxd``,
-    ``neural_events.isxd`` (IDEAS naming; cell names C000… shared by all sessions).
+    ``sub-{animal}_ses-{session}_ophys.nwb`` (DANDI naming); with "isxd" ``cellset_raw.isxd``,
+    ``cellset_denoised.isxd``, ``neural_events.isxd`` (IDEAS naming; cell names C000… shared by
+    all sessions). ``start_time`` (ISO 8601, from the recording: :mod:`califlow.io.start_time`)
+    becomes the NWB ``session_start_time`` and the isxd start.
 
     Returns
     -------
@@ -171,23 +175,31 @@ def export_session(extraction: dict, session: str, out_dir: str | Path, *, metad
             cell_ids=list(range(K)), present=present,
             snr=np.zeros(K) if snr is None else np.asarray(snr, dtype=float),
             images=images or {}, source_files=list(source_files), frames_per_file=list(frames_per_file),
-            raw_fps=raw_fps,
+            raw_fps=raw_fps, start_time=parse_start(start_time) if start_time else None,
         )
-        path = out / f"{animal}_{s.name}.nwb"
+        path = out / nwb_name(str(animal), s.name)
         write_session_nwb(path, nwb, metadata)
         written.append(path)
     if "isxd" in formats:
-        written += _export_isxd(A, C_raw[:, seg], C[:, seg], events, s, out, present)
+        start_s = parse_start(start_time).timestamp() if start_time else 0.0
+        written += _export_isxd(A, C_raw[:, seg], C[:, seg], events, s, out, start_s)
     return written
 
 
-def _export_isxd(A, raw, denoised, events, s: SessionSlice, out: Path, present) -> list[Path]:
+def nwb_name(animal: str, session: str) -> str:
+    """DANDI file name ``sub-<animal>_ses-<session>_ophys.nwb`` (labels: letters, digits, ``-``)."""
+    def label(x: str) -> str:
+        return re.sub(r"[^A-Za-z0-9-]+", "-", x).strip("-") or "x"
+    return f"sub-{label(animal)}_ses-{label(session)}_ophys.nwb"
+
+
+def _export_isxd(A, raw, denoised, events, s: SessionSlice, out: Path, start_s: float) -> list[Path]:
     from califlow.io import isxd
 
     K, H, W = A.shape
     T = raw.shape[1]
     names = cell_names(K)
-    timing = isxd.Timing(num_samples=T, period_s=1.0 / s.fps)
+    timing = isxd.Timing(num_samples=T, period_s=1.0 / s.fps, start_s=start_s)
     statuses = ["accepted"] * K
     written = []
     for fname, traces in (("cellset_raw.isxd", raw), ("cellset_denoised.isxd", denoised)):

@@ -36,6 +36,7 @@ import zarr
 from califlow.errors import ConfigError, InputError
 from califlow.io.readers import open_movie
 from califlow.io.sources import MovieSource
+from califlow.io.start_time import recording_start
 from califlow.io.store import (MOVIE_CHUNKS, FrameWriter, atomic_output, create_image, create_movie,
                                set_provenance, to_jsonable)
 from califlow.preprocess.downsample import downsample, downsampled_shape
@@ -239,6 +240,7 @@ def ingest_source(source: MovieSource, out_path, *, spatial_ds: int = 1, tempora
                        "start_s": meta.get("start_s")},
             "nonfinite_pixels": nonfinite,
             "chunk_frames": int(n_read),
+            **recording_start(meta, list(source.files), label),
         }
         attrs = to_jsonable(attrs)
         group.attrs.update(attrs)

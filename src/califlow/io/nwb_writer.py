@@ -80,9 +80,11 @@ def _start_time(session: NWBSession) -> dt.datetime:
     if session.start_time is not None:
         t = session.start_time
         return t if t.tzinfo else t.replace(tzinfo=dt.timezone.utc)
-    mtimes = [os.path.getmtime(f) for f in session.source_files if os.path.exists(f)]
-    stamp = min(mtimes) if mtimes else 0.0
-    return dt.datetime.fromtimestamp(stamp, tz=dt.timezone.utc).replace(microsecond=0)
+    from califlow.io.start_time import recording_start
+
+    found = recording_start({}, [Path(f) for f in session.source_files], session.session)
+    stamp = found["start_time"] or "1970-01-01T00:00:00+00:00"
+    return dt.datetime.fromisoformat(stamp).astimezone(dt.timezone.utc)
 
 
 def write_session_nwb(path: str | Path, session: NWBSession, metadata: dict) -> Path:

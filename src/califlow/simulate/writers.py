@@ -15,6 +15,7 @@ renamed when complete; memory stays flat in the number of frames.
 from __future__ import annotations
 
 import csv
+import datetime as dt
 import json
 import os
 from pathlib import Path
@@ -55,6 +56,16 @@ def _frames_uint(frames: np.ndarray, dtype: np.dtype) -> np.ndarray:
     return np.clip(frames, info.min, info.max).astype(dtype)
 
 
+#: start of the first simulated session (UTC); session s starts s days later.
+SIMULATED_START = dt.datetime(2026, 1, 5, 10, 0, 0, tzinfo=dt.timezone.utc)
+
+
+def _start_fields(t: dt.datetime) -> dict:
+    """Miniscope DAQ ``recordingStartTime`` fields of ``t`` (wall clock in ``t``'s zone)."""
+    return {"year": t.year, "month": t.month, "day": t.day, "hour": t.hour, "minute": t.minute,
+            "second": t.second, "msec": t.microsecond // 1000, "msecSinceEpoch": int(round(t.timestamp() * 1000))}
+
+
 def _write_miniscope_session(animal: SimulatedAnimal, s: int, folder: Path) -> None:
     c = animal.config
     h, w = animal.shape
@@ -92,6 +103,9 @@ def _write_miniscope_session(animal: SimulatedAnimal, s: int, folder: Path) -> N
         "gain": "Low",
         "led0": 10,
         "simulated": True,
+        # the DAQ writes this in the session folder above the device; a simulated session is
+        # one folder, so it sits here (local time = UTC): one day between sessions, 10:00
+        "recordingStartTime": _start_fields(SIMULATED_START + dt.timedelta(days=s)),
     }
     (folder / "metaData.json").write_text(json.dumps(meta, indent=4))
     times = np.rint(np.arange(n) * 1000.0 / c.fps).astype(np.int64)
