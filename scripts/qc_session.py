@@ -13,6 +13,9 @@ with script_logging(snakemake.log[0]):  # noqa: F821 - injected by Snakemake
     smk = snakemake  # noqa: F821
     proj = open_group(smk.input.projections)
     images = {n: np.asarray(proj[n][...]) for n in ("mean", "bv", "cn", "pnr") if n in proj}
-    fps = json.loads(open(smk.input.summary).read()).get("fps") or 1.0
+    summary = json.loads(open(smk.input.summary).read())
+    fps = summary.get("fps") or 1.0
+    counts = (f"{len(summary.get('dropped_frames') or [])} dropped and {len(summary.get('damaged_frames') or [])} "
+              f"damaged frames interpolated")
     qc.session_figure(images, read_motion_csv(smk.input.motion), float(fps),
-                      f"{smk.wildcards.animal} / {smk.wildcards.session}", smk.output[0])
+                      f"{smk.wildcards.animal} / {smk.wildcards.session}: {counts}", smk.output[0])

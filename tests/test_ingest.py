@@ -169,3 +169,100 @@ def test_ingest_simulated_miniscope_session_is_exact(tmp_path):
     np.testing.assert_allclose(movie, expected, rtol=1e-6, atol=1e-4)
     assert attrs["fps"] == pytest.approx(config.fps / 2) and attrs["frames_per_file"] == [50, 50, 20]
     assert attrs["dropped_frames"] == [] and attrs["reader"] == "miniscope_v4"
+
+
+def _video(path, codec: str, frames, color: bool = False):
+    import cv2
+
+    fourcc = {"ffv1": "FFV1", "mjpeg": "MJPG", "raw": "Y800"}[codec]
+    h, w = frames.shape[1:]
+    vw = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), 20, (w, h), isColor=color)
+    assert vw.isOpened(), f"OpenCV cannot write {codec}"
+    for f in frames:
+        vw.write(cv2.cvtColor(f, cv2.COLOR_GRAY2BGR) if color else f)
+    vw.release()
+    return path
+
+
+def _chunks(data: bytes) -> list[tuple[int, int]]:
+    """(payload offset, size) of each frame chunk (``00dc``/``00db``) of an AVI's movi list."""
+    pos, out = data.find(b"movi") + 4, []
+    while pos + 8 <= len(data) and data[pos + 2:pos + 4] in (b"dc", b"db"):
+        size = int.from_bytes(data[pos + 4:pos + 8], "little")
+        out.append((pos + 8, size))
+        pos += 8 + size + (size & 1)
+    return out
+
+
+def _overwrite(path, frame: int, n: int = 32):
+    """Overwrite ``n`` bytes in the middle of the payload of ``frame``'s chunk."""
+    data = bytearray(path.read_bytes())
+    off, size = _chunks(bytes(data))[frame]
+    start = off + size // 2 - n // 2
+    data[start:start + n] = b"\x55" * n
+    path.write_bytes(bytes(data))
+
+
+@pytest.fixture(scope="module")
+def smooth_frames():
+    rng = np.random.default_rng(3)
+    yy, xx = np.mgrid[:48, :64]
+    base = 80 + 40 * np.sin(yy / 7.0) * np.cos(xx / 9.0)
+    return np.stack([np.clip(base + rng.normal(0, 3, base.shape), 0, 255) for _ in range(60)]).astype(np.uint8)
+
+
+@pytest.mark.parametrize("codec", ["ffv1", "mjpeg"])
+def test_damaged_frames_are_flagged_dropped_and_listed(tmp_path, smooth_frames, codec):
+    """Bytes overwritten mid-file: every frame that decodes wrong is flagged, interpolated and listed."""
+    import cv2
+
+    from califlow.io.ingest import ingest
+
+    clean = _video(tmp_path / "clean.avi", codec, smooth_frames, color=codec == "mjpeg")
+    bad = tmp_path / "0.avi"
+    bad.write_bytes(clean.read_bytes())
+    _overwrite(bad, 30)
+    def decode(p):  # OpenCV goes on after a packet that fails; that frame counts as all wrong
+        cap = cv2.VideoCapture(str(p))
+        out = []
+        for _ in range(int(cap.get(cv2.CAP_PROP_FRAME_COUNT))):
+            ok, f = cap.read()
+            out.append(np.full((48, 64), -999) if not ok else cv2.cvtColor(f, cv2.COLOR_BGR2GRAY) if f.ndim == 3
+                       else f)
+        return np.stack(out).astype(np.int16)
+    wrong = set(np.flatnonzero(np.abs(decode(bad) - decode(clean)).max(axis=(1, 2)) > 0).tolist())
+    assert wrong, "the overwrite should damage some frames"
+    attrs = ingest(bad, tmp_path / "ingest.zarr", fps=20.0)
+    flagged = {d["frame"] for d in attrs["damaged_frames"]}
+    assert wrong <= flagged and len(flagged) <= len(wrong) + 1, (sorted(wrong), sorted(flagged))
+    assert all(d["file"] == str(bad) and d["message"] for d in attrs["damaged_frames"])
+    assert set(attrs["interpolated_frames"]) == flagged and attrs["dropped_frames"] == []
+    movie = zarr.open_group(str(tmp_path / "ingest.zarr"), mode="r")["movie"][:]
+    good = sorted(set(range(60)) - flagged)
+    ref = decode(clean).astype(np.float32)
+    # interpolated frames are close to the clean ones; measured frames are untouched
+    np.testing.assert_array_equal(movie[good], ref[good])
+    assert np.abs(movie[sorted(flagged)] - ref[sorted(flagged)]).mean() < 6.0
+
+    with pytest.raises(InputError, match=r"0\.avi: frame\(s\) \d+.*downsampling.on_damaged_frames: drop"):
+        ingest(bad, tmp_path / "fail.zarr", fps=20.0, on_damaged_frames="fail")
+    assert not list(tmp_path.glob("*fail*"))
+    assert ingest(clean, tmp_path / "ok.zarr", fps=20.0)["damaged_frames"] == []
+
+
+def test_raw_avi_short_packet_is_flagged_and_payload_damage_is_not_visible(tmp_path, smooth_frames):
+    """Raw frames carry no checksum: overwritten pixels cannot be seen; a cut packet can."""
+    from califlow.io.damage import scan_video
+
+    raw = _video(tmp_path / "raw.avi", "raw", smooth_frames)
+    payload = tmp_path / "payload.avi"
+    payload.write_bytes(raw.read_bytes())
+    _overwrite(payload, 30, 16)
+    assert scan_video(payload)[0] == []  # documented limit
+    data = bytearray(raw.read_bytes())
+    off, size = _chunks(bytes(data))[1]
+    data[off - 4:off] = (size // 2).to_bytes(4, "little")  # frame 1's packet claims half a frame
+    short = tmp_path / "short.avi"
+    short.write_bytes(bytes(data))
+    damaged, _ = scan_video(short)
+    assert 1 in {d.frame for d in damaged}

@@ -2,8 +2,9 @@
 
 Jobs record their warnings in their outputs (so they survive reruns and cluster jobs):
 ``results/{animal}/neuron_size.json`` (``warnings``: gSig far from the data, no
-measurement) and ``results/{animal}/cnmfe.zarr`` attrs (``warnings``: collapse, sessions
-with no active neuron).  :func:`collect_warnings` reads them back; the Snakefile prints
+measurement), ``results/{animal}/cnmfe.zarr`` attrs (``warnings``: collapse, sessions
+with no active neuron) and each session's ``ingest.json`` (damaged frames, a guessed start
+time).  :func:`collect_warnings` reads them back; the Snakefile prints
 them when the run ends and puts them on the report's front page.
 """
 
@@ -24,6 +25,22 @@ def _read_json(path: Path) -> dict:
         return {}
 
 
+def _ingest_warnings(sessions: Path) -> list[str]:
+    """Damaged frames and guessed start times recorded in the sessions' ``ingest.json``."""
+    out = []
+    for path in sorted(sessions.glob("*/ingest.json")):
+        info = _read_json(path)
+        damaged = info.get("damaged_frames") or []
+        if damaged:
+            files = sorted({d.get("file", "?") for d in damaged})
+            out.append(f"session {path.parent.name}: {len(damaged)} damaged frame(s) in {', '.join(files)} were "
+                       "interpolated like dropped frames (ingest.json damaged_frames)")
+        if info.get("start_time_guessed"):
+            out.append(f"session {path.parent.name}: the recording holds no start time; session_start_time is "
+                       f"a guess ({info.get('start_time_from')})")
+    return out
+
+
 def collect_warnings(results: str | os.PathLike, animals: Iterable[str]) -> list[str]:
     """Every recorded warning of the animals' outputs under ``results`` (missing outputs are skipped).
 
@@ -34,7 +51,7 @@ def collect_warnings(results: str | os.PathLike, animals: Iterable[str]) -> list
     for animal in animals:
         size = _read_json(root / animal / "neuron_size.json").get("warnings", [])
         attrs = _read_json(root / animal / "cnmfe.zarr" / "zarr.json").get("attributes", {}).get("warnings", [])
-        for w in list(size) + list(attrs):
+        for w in list(size) + list(attrs) + _ingest_warnings(root / animal / "sessions"):
             text = str(w)
             out.append(text if text.startswith(f"{animal}:") else f"{animal}: {text}")
     return out

@@ -34,6 +34,7 @@ import numpy as np
 import zarr
 
 from califlow.errors import ConfigError, InputError
+from califlow.io.damage import DamagedFrame, damaged_grid_frames, frame_ranges
 from califlow.io.readers import open_movie
 from califlow.io.sources import MovieSource
 from califlow.io.start_time import recording_start
@@ -131,12 +132,12 @@ def _dropped_mask(dropped: np.ndarray, start: int, n: int) -> np.ndarray:
 
 
 def _stream(source: MovieSource, writer: FrameWriter, s: int, k: int, n_read: int,
-            label: str) -> tuple[int, int, list[np.ndarray], list[int]]:
-    """Read, downsample, fill dropped frames and hand blocks to ``writer``.
+            label: str, damaged: np.ndarray) -> tuple[int, int, list[np.ndarray], list[int]]:
+    """Read, downsample, fill dropped and ``damaged`` (grid indices) frames and hand blocks to ``writer``.
 
     Returns raw frames read, non-finite measured pixels, block timestamps, filled output indices.
     """
-    dropped = source.dropped
+    dropped = np.union1d(source.dropped, damaged).astype(np.int64)
     t_claim = source.shape[0]
     filler = _DroppedFiller(MOVIE_CHUNKS[0], label)
     t0 = last_report = time.monotonic()
@@ -173,9 +174,30 @@ def _stream(source: MovieSource, writer: FrameWriter, s: int, k: int, n_read: in
     return n_raw, nonfinite, ts_out, filler.filled
 
 
+def _damaged_frames(source: MovieSource, label: str, policy: str) -> tuple[list[DamagedFrame], np.ndarray]:
+    """The source's damaged video frames and their grid indices; raise under ``policy`` 'fail'."""
+    if policy not in ("drop", "fail"):
+        raise ConfigError(f"downsampling.on_damaged_frames: {policy!r} is not one of 'drop', 'fail'")
+    damaged, grid = damaged_grid_frames(source.files, None, source.grid_positions)
+    if not damaged:
+        return damaged, grid
+    by_file: dict[str, list[int]] = {}
+    for d in damaged:
+        by_file.setdefault(d.file, []).append(d.frame)
+    where = "; ".join(f"{f}: frame(s) {frame_ranges(fr)}" for f, fr in by_file.items())
+    first = damaged[0]
+    if policy == "fail":
+        raise InputError(f"{label}: {len(damaged)} damaged frame(s) (0-based, per file): {where}. The decoder "
+                         f"said: {first.message!r} at frame {first.frame} of {first.file}. Replace the files, or set "
+                         "downsampling.on_damaged_frames: drop to interpolate them like dropped frames")
+    log.warning("%s: %d damaged frame(s) treated as dropped and interpolated (0-based, per file): %s "
+                "(decoder: %s)", label, len(damaged), where, first.message)
+    return damaged, grid
+
+
 def ingest_source(source: MovieSource, out_path, *, spatial_ds: int = 1, temporal_ds: int = 1,
                   chunk_frames: int | None = None, default_fps: float | None = None,
-                  params: Mapping | None = None, inputs=None) -> dict:
+                  params: Mapping | None = None, inputs=None, on_damaged_frames: str | None = None) -> dict:
     """Downsample an open :class:`MovieSource` into an ``ingest.zarr`` store at ``out_path``.
 
     See :func:`ingest` (this is its body, for sources opened by the caller).
@@ -196,6 +218,8 @@ def ingest_source(source: MovieSource, out_path, *, spatial_ds: int = 1, tempora
         fps, fps_from = float(default_fps), "default (general.sf)"
         log.warning("%s: no timestamps and no frame rate given; using the default %.3f fps", label, fps)
     dropped = source.dropped
+    damaged, damaged_grid = _damaged_frames(source, label, on_damaged_frames or
+                                            (params or {}).get("downsampling", {}).get("on_damaged_frames", "drop"))
     out_claim = max(math.ceil(t_claim / k), 1)
     t0 = time.monotonic()
     out_path = Path(out_path)
@@ -204,7 +228,7 @@ def ingest_source(source: MovieSource, out_path, *, spatial_ds: int = 1, tempora
         movie = create_movie(group, "movie", (max(out_claim, MOVIE_CHUNKS[0]), h, w))
         writer = FrameWriter(movie, movie.chunks[0])
         try:
-            n_raw, nonfinite, ts_out, filled = _stream(source, writer, s, k, n_read, label)
+            n_raw, nonfinite, ts_out, filled = _stream(source, writer, s, k, n_read, label, damaged_grid)
             n_out = writer.close()
         finally:
             writer.stop()
@@ -226,6 +250,7 @@ def ingest_source(source: MovieSource, out_path, *, spatial_ds: int = 1, tempora
             "frames_per_file": meta.get("frames_per_file"),
             "header_frames_per_file": meta.get("header_frames_per_file"),
             "dropped_frames": dropped.tolist(),
+            "damaged_frames": [{"file": d.file, "frame": d.frame, "message": d.message} for d in damaged],
             "interpolated_frames": filled,
             "gaps": meta.get("gaps", []),
             "spatial_ds": s,
@@ -254,7 +279,7 @@ def ingest_source(source: MovieSource, out_path, *, spatial_ds: int = 1, tempora
 def ingest(source_path: str | os.PathLike, out_path: str | os.PathLike, *, spatial_ds: int = 1,
            temporal_ds: int = 1, file_extension: str = "avi", fps: float | None = None,
            chunk_frames: int | None = None, params: Mapping | None = None,
-           default_fps: float | None = None) -> dict:
+           default_fps: float | None = None, on_damaged_frames: str | None = None) -> dict:
     """Read a recording, downsample it and write ``ingest.zarr``.
 
     Parameters
@@ -277,6 +302,10 @@ def ingest(source_path: str | os.PathLike, out_path: str | os.PathLike, *, spati
     default_fps : float, optional
         Frame rate when neither the recording nor ``fps`` gives one (config ``general.sf``;
         taken from ``params["general"]["sf"]`` when not given).
+    on_damaged_frames : {"drop", "fail"}, optional
+        What to do with video frames the decoder reports damaged (:mod:`califlow.io.damage`);
+        default ``params["downsampling"]["on_damaged_frames"]``, else "drop". Dropped ones are
+        interpolated like dropped frames and listed in the attrs ``damaged_frames``.
 
     Returns
     -------
@@ -288,4 +317,4 @@ def ingest(source_path: str | os.PathLike, out_path: str | os.PathLike, *, spati
     source = open_movie(source_path, file_extension=file_extension, fps=fps)
     return ingest_source(source, out_path, spatial_ds=spatial_ds, temporal_ds=temporal_ds,
                          chunk_frames=chunk_frames, default_fps=default_fps, params=params,
-                         inputs=[str(source_path)])
+                         inputs=[str(source_path)], on_damaged_frames=on_damaged_frames)

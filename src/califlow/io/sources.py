@@ -278,6 +278,11 @@ class MovieSource:
 
     # ------------------------------------------------------------------ reading
     @property
+    def grid_positions(self) -> np.ndarray | None:
+        """Grid index of each recorded frame (None: the identity, no dropped frame)."""
+        return self._grid
+
+    @property
     def frames_per_file(self) -> list[int] | None:
         """Decoded frames per file, known after one complete :meth:`iter_chunks` pass."""
         return self._decoded_per_file

@@ -14,6 +14,7 @@ file and the last frame that decoded.
 from __future__ import annotations
 
 import contextlib
+import logging
 from pathlib import Path
 
 import cv2
@@ -23,6 +24,8 @@ from califlow.errors import InputError
 from califlow.io.sources import FrameReader, FrameStream
 
 __all__ = ["VideoReader", "avi_truncation"]
+
+log = logging.getLogger(__name__)
 
 # FFmpeg pixel formats, as OpenCV reports them in CAP_PROP_CODEC_PIXEL_FORMAT (a FourCC)
 _GRAY8 = {b"Y800", b"GREY", b"Y8  ", b"Y8\x00\x00"}
@@ -90,37 +93,62 @@ class _VideoStream(FrameStream):
         if start:
             self.cap.set(cv2.CAP_PROP_POS_FRAMES, float(start))
         self._bgr = None
+        self._pending: np.ndarray | None = None  # frame read ahead past a damaged packet
+
+    def _decode(self, dst: np.ndarray) -> bool:
+        """Decode the next frame into ``dst`` (H, W); False at the end or on a failed packet."""
+        r, cap = self.reader, self.cap
+        if r.mode == "native":
+            ok, frame = cap.read(dst)
+            if not ok:
+                return False
+            if frame.shape != dst.shape or frame.dtype != dst.dtype:
+                raise InputError(f"{r.path}: frame {self.index} is {frame.shape} {frame.dtype}, "
+                                 f"expected {dst.shape} {dst.dtype} like the first frame")
+            if frame.ctypes.data != dst.ctypes.data:
+                dst[...] = frame
+            return True
+        ok, self._bgr = cap.read(self._bgr)
+        if not ok:
+            return False
+        frame = self._bgr
+        if frame.shape[:2] != dst.shape:
+            raise InputError(f"{r.path}: frame {self.index} is {frame.shape[:2]}, expected {dst.shape}")
+        if frame.ndim == 2:
+            dst[...] = frame
+        else:
+            cv2.cvtColor(frame, cv2.COLOR_BGRA2GRAY if frame.shape[2] == 4 else cv2.COLOR_BGR2GRAY, dst=dst)
+        return True
+
+    def _past_damaged_packet(self, like: np.ndarray) -> bool:
+        """After a failed read inside the file: True when frames follow (one packet did not decode).
+
+        OpenCV skips such a packet and goes on; its frame keeps its place as a zero frame so
+        later frames are not shifted in time (the damage scan, :mod:`califlow.io.damage`,
+        flags it, and ingest interpolates it).
+        """
+        claimed = self.reader.n_claimed
+        if claimed is None or self.index >= claimed - 1:
+            return False
+        ahead = np.empty_like(like)
+        if not self._decode(ahead):
+            return False
+        self._pending = ahead
+        log.warning("%s: frame %d did not decode (damaged packet); kept as a placeholder", self.reader.path,
+                    self.index)
+        return True
 
     def read_into(self, out: np.ndarray) -> int:
         r = self.reader
-        cap = self.cap
         k = 0
         n = out.shape[0]
         while k < n:
-            if r.mode == "native":
-                ok, frame = cap.read(out[k])
-                if not ok:
+            if self._pending is not None:
+                out[k], self._pending = self._pending, None
+            elif not self._decode(out[k]):
+                if not self._past_damaged_packet(out[k]):
                     break
-                if frame.shape != out.shape[1:] or frame.dtype != out.dtype:
-                    raise InputError(f"{r.path}: frame {self.index} is {frame.shape} {frame.dtype}, "
-                                     f"expected {out.shape[1:]} {out.dtype} like the first frame")
-                if frame.ctypes.data != out[k].ctypes.data:
-                    out[k] = frame
-            else:
-                ok, self._bgr = cap.read(self._bgr)
-                if not ok:
-                    break
-                frame = self._bgr
-                if frame.ndim == 2:
-                    if frame.shape != out.shape[1:]:
-                        raise InputError(f"{r.path}: frame {self.index} is {frame.shape}, expected {out.shape[1:]}")
-                    out[k] = frame
-                else:
-                    if frame.shape[:2] != out.shape[1:]:
-                        raise InputError(f"{r.path}: frame {self.index} is {frame.shape[:2]}, "
-                                         f"expected {out.shape[1:]}")
-                    code = cv2.COLOR_BGRA2GRAY if frame.shape[2] == 4 else cv2.COLOR_BGR2GRAY
-                    cv2.cvtColor(frame, code, dst=out[k])
+                out[k] = 0
             k += 1
             self.index += 1
         if k < n and r.truncation is not None:
