@@ -66,8 +66,28 @@ def _out_of_range_parameter(d):
             "value 1.5 is not allowed")
 
 
+def _two_rates(d):
+    a = write_miniscope_v4(d / "s1", movie_u8(30, 24, 24), np.arange(30) * 50.0)
+    b = write_miniscope_v4(d / "s2", movie_u8(30, 24, 24), np.arange(30) * 1000.0 / 30.3)
+    return a, b
+
+
+def _mixed_frame_rates(d):
+    a, b = _two_rates(d)
+    return (_sheet([("m1", "s1", a), ("m1", "s2", b)]), "", "s2: 30.3 fps",
+            "animal m1: sessions differ in frame rate (s1: 20 fps")
+
+
+def _frame_sizes_too_different(d):
+    write_avi(d / "a.avi", movie_u8(5, 32, 32))
+    write_avi(d / "b.avi", movie_u8(5, 48, 32))
+    return (_sheet([("m1", "s1", d / "a.avi"), ("m1", "s2", d / "b.avi")]), "", "s2: 48x32",
+            "session frame sizes differ by 50%")
+
+
 @pytest.mark.parametrize("case", [_missing_file, _empty_folder, _zero_frame_session, _duplicate_sessions,
-                                  _sheet_typo, _out_of_range_parameter], ids=lambda f: f.__name__[1:])
+                                  _sheet_typo, _out_of_range_parameter, _mixed_frame_rates,
+                                  _frame_sizes_too_different], ids=lambda f: f.__name__[1:])
 def test_stops_before_any_job(tmp_path, case):
     sheet, extra, culprit, message = case(tmp_path)
     work = make_workdir(tmp_path / "work", sheet=sheet, config_extra=extra)
@@ -171,3 +191,16 @@ def test_sessions_of_different_fov_size(tmp_path):
     assert "differ in frame size" in log and "s2" in log, log[-2000:]
     assert not (work / "results/m1/alignment.zarr").exists()
     _no_leftovers(work)
+
+
+def test_mixed_frame_rates_are_resampled_to_target_fps(tmp_path):
+    """20 and 30.3 fps sessions with downsampling.target_fps 20: both ingest at 20 fps on one time grid."""
+    a, b = _two_rates(tmp_path)
+    work = make_workdir(tmp_path / "work", sheet=_sheet([("m1", "s1", a), ("m1", "s2", b)]),
+                        config_extra="downsampling:\n  target_fps: 20\n")
+    proc = _run(work, INGEST, "results/m1/sessions/s2/ingest.json")
+    assert proc.returncode == 0, proc.stdout[-2000:]
+    s1, s2 = (json.loads((work / f"results/m1/sessions/{s}/ingest.json").read_text()) for s in ("s1", "s2"))
+    assert s1["fps"] == 20.0 and s1["resampled"] is None and s1["n_frames"] == 30
+    assert s2["fps"] == pytest.approx(20.0) and s2["resampled"]["from_fps"] == pytest.approx(30.3, rel=1e-3)
+    assert s2["n_frames"] == 1 + int(29 * 20.0 / 30.3)  # every 20-fps time within the 30.3-fps span

@@ -46,6 +46,7 @@ def seed_candidates(cn: np.ndarray, pnr: np.ndarray, vessels: np.ndarray | None,
 
     mask = None if vessels is None else ~np.asarray(vessels, bool)
     yx, c, p, ok = candidates(cn, pnr, radius=opts.local_max_radius, mask=mask, min_contrast=opts.min_contrast,
+                              background_pnr=opts.min_pnr,
                               contrast_window=opts.contrast_window)
     return SeedCandidates(yx, c, p, ok)
 

@@ -154,7 +154,8 @@ def concatenate(enhanced: Sequence[str | os.PathLike], alignment: Alignment | st
     if bad:
         listing = ", ".join(f"{nm}: {f:g} fps" for nm, _, _, f, *_ in jobs)
         raise InputError(f"concatenate: sessions have different frame rates ({listing}); one movie needs one rate. "
-                         "Resample the recordings (downsampling.temporal_ds) or split the animal.")
+                         "Set downsampling.target_fps (e.g. the lowest rate) to resample every session to one rate, "
+                         "or split the animal.")
 
     H, W = al.shape
     total = int(sum(j[2].shape[0] for j in jobs))

@@ -36,6 +36,7 @@ from califlow.align.score import bv_stability_score
 from califlow.align.translation import groupwise_translation
 from califlow.errors import InputError
 from califlow.params import numeric_gsig
+from califlow.cohort_check import size_difference
 
 __all__ = ["Alignment", "align_sessions", "align_options", "save_alignment", "load_alignment", "STAGES"]
 
@@ -148,10 +149,8 @@ def align_options(config: Mapping[str, Any]) -> dict:
 
 def _common_grid(shapes: Sequence[tuple[int, int]], names: Sequence[str], max_size_difference: float
                  ) -> tuple[tuple[int, int], np.ndarray]:
-    hs = np.array([s[0] for s in shapes])
-    ws = np.array([s[1] for s in shapes])
-    h0, w0 = int(hs.min()), int(ws.min())
-    worst = max((hs.max() - h0) / h0, (ws.max() - w0) / w0)
+    h0, w0 = min(int(s[0]) for s in shapes), min(int(s[1]) for s in shapes)
+    worst = size_difference(shapes)
     if worst > max_size_difference:
         listing = ", ".join(f"{n}: {s[0]}x{s[1]}" for n, s in zip(names, shapes))
         raise InputError(

@@ -7,7 +7,8 @@ correlation image, which is the scale ``min_corr`` thresholds (not a Pearson r).
 
 Besides CaliAli's absolute thresholds, a seed must stand out from its neighbourhood
 (``min_contrast``): ``Cn * PNR`` at the seed must reach ``min_contrast`` times the median
-of ``Cn * PNR`` over the non-vessel pixels of a window of ``4 gSiz + 1`` px around it.
+of ``Cn * PNR`` over the background (non-vessel pixels below ``min_pnr``) of a window of
+``4 gSiz + 1`` px around it.
 Where the enhanced movie holds no structured background the median is near 0 (``Cn`` is
 0 at its mode) and the test passes; where background fluctuations survive the
 enhancement (pulsing vessels, neuropil shaped by vessel shadows) many pixels reach
@@ -136,7 +137,7 @@ def find_seeds(cn: np.ndarray, pnr: np.ndarray, *, min_corr: float, min_pnr: flo
         ``cn * pnr`` at each seed.
     """
     yx, cn_c, pnr_c, contrast = candidates(cn, pnr, radius=radius, mask=mask, min_contrast=min_contrast,
-                                           contrast_window=contrast_window)
+                                           contrast_window=contrast_window, background_pnr=min_pnr)
     keep = (cn_c >= min_corr) & (pnr_c >= min_pnr) & contrast
     ys, xs = yx[keep, 0], yx[keep, 1]
     score = (cn_c * pnr_c)[keep]
@@ -146,9 +147,16 @@ def find_seeds(cn: np.ndarray, pnr: np.ndarray, *, min_corr: float, min_pnr: flo
 
 
 def candidates(cn: np.ndarray, pnr: np.ndarray, *, radius: float, mask: np.ndarray | None = None,
-               min_contrast: float = 0.0, contrast_window: int = 41
+               min_contrast: float = 0.0, contrast_window: int = 41, background_pnr: float | None = None
                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Every seed candidate before the thresholds: local maxima of ``cn * pnr`` (> 0) inside ``mask``.
+
+    The local level of the contrast test is the median over the background: the pixels of
+    ``mask`` whose PNR is below ``background_pnr`` (``min_pnr``; None: every pixel of
+    ``mask``). Pixels that pass the PNR threshold are signal; in a dense field of view, or
+    when a large gSig spreads every neuron over its neighbourhood, they would otherwise make
+    most of the window and raise the "background" to the level of the neurons' flanks, and
+    the neurons would fail their own contrast test.
 
     Returns
     -------
@@ -167,7 +175,10 @@ def candidates(cn: np.ndarray, pnr: np.ndarray, *, radius: float, mask: np.ndarr
         peaks &= np.asarray(mask, bool)
     ys, xs = np.nonzero(peaks)
     if min_contrast > 0:
-        contrast = v[ys, xs] >= min_contrast * local_level(v, contrast_window, mask)[ys, xs]
+        background = np.ones(v.shape, bool) if mask is None else np.asarray(mask, bool)
+        if background_pnr is not None:
+            background = background & (pnr < background_pnr)
+        contrast = v[ys, xs] >= min_contrast * local_level(v, contrast_window, background)[ys, xs]
     else:
         contrast = np.ones(ys.size, bool)
     return np.stack([ys, xs], axis=1).astype(np.int64), cn[ys, xs], pnr[ys, xs], contrast

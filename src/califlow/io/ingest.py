@@ -41,6 +41,7 @@ from califlow.io.start_time import recording_start
 from califlow.io.store import (MOVIE_CHUNKS, FrameWriter, atomic_output, create_image, create_movie,
                                set_provenance, to_jsonable)
 from califlow.preprocess.downsample import downsample, downsampled_shape
+from califlow.preprocess.resample import TimeResampler
 
 __all__ = ["ingest", "ingest_source", "auto_chunk_frames"]
 
@@ -132,11 +133,19 @@ def _dropped_mask(dropped: np.ndarray, start: int, n: int) -> np.ndarray:
 
 
 def _stream(source: MovieSource, writer: FrameWriter, s: int, k: int, n_read: int,
-            label: str, damaged: np.ndarray) -> tuple[int, int, list[np.ndarray], list[int]]:
-    """Read, downsample, fill dropped and ``damaged`` (grid indices) frames and hand blocks to ``writer``.
+            label: str, damaged: np.ndarray, resampler: TimeResampler | None = None
+            ) -> tuple[int, int, list[np.ndarray], list[int]]:
+    """Read, downsample, fill dropped and ``damaged`` (grid indices) frames, resample in time
+    (``resampler``) and hand blocks to ``writer``.
 
-    Returns raw frames read, non-finite measured pixels, block timestamps, filled output indices.
+    Returns raw frames read, non-finite measured pixels, block timestamps, filled indices
+    (before resampling).
     """
+    def emit(blocks):
+        for block in blocks:
+            for out in (resampler.feed(block) if resampler is not None else (block,)):
+                writer.write(out)
+
     dropped = np.union1d(source.dropped, damaged).astype(np.int64)
     t_claim = source.shape[0]
     filler = _DroppedFiller(MOVIE_CHUNKS[0], label)
@@ -160,8 +169,7 @@ def _stream(source: MovieSource, writer: FrameWriter, s: int, k: int, n_read: in
         if source.native_dtype == np.float32:
             measured = small[~missing] if missing.any() else small
             nonfinite += int(measured.size - np.count_nonzero(np.isfinite(measured)))
-        for block in filler.feed(small, missing):
-            writer.write(block)
+        emit(filler.feed(small, missing))
         n_raw += n
         now = time.monotonic()
         if now - last_report >= 10.0:
@@ -169,9 +177,29 @@ def _stream(source: MovieSource, writer: FrameWriter, s: int, k: int, n_read: in
             eta = (t_claim - n_raw) / rate if rate > 0 and t_claim > n_raw else 0.0
             log.info("ingest %s: %d/%d frames, %.0f frames/s, ETA %.0f s", label, n_raw, t_claim, rate, eta)
             last_report = now
-    for block in filler.finish():
-        writer.write(block)
+    emit(filler.finish())
     return n_raw, nonfinite, ts_out, filler.filled
+
+
+def _ds_option(params: Mapping | None, key: str):
+    """``params["downsampling"][key]``, else the schema default."""
+    from califlow.params import default_config
+
+    ds = (params or {}).get("downsampling") or {}
+    return ds[key] if key in ds else default_config()["downsampling"][key]
+
+
+def _resampler(label: str, fps: float | None, target: float | None) -> TimeResampler | None:
+    """The resampler to ``downsampling.target_fps`` (None when off or already at that rate)."""
+    if not target:
+        return None
+    if fps is None:
+        raise InputError(f"{label}: downsampling.target_fps is {target:g}, but the recording's frame rate is "
+                         "unknown (no timestamps, no sheet fps, no general.sf); give the sheet's fps column")
+    if abs(fps - float(target)) <= 1e-6 * float(target):
+        return None
+    log.info("%s: resampled in time from %.4g to %.4g fps (downsampling.target_fps)", label, fps, float(target))
+    return TimeResampler(fps, float(target))
 
 
 def _damaged_frames(source: MovieSource, label: str, policy: str) -> tuple[list[DamagedFrame], np.ndarray]:
@@ -197,7 +225,8 @@ def _damaged_frames(source: MovieSource, label: str, policy: str) -> tuple[list[
 
 def ingest_source(source: MovieSource, out_path, *, spatial_ds: int = 1, temporal_ds: int = 1,
                   chunk_frames: int | None = None, default_fps: float | None = None,
-                  params: Mapping | None = None, inputs=None, on_damaged_frames: str | None = None) -> dict:
+                  params: Mapping | None = None, inputs=None, on_damaged_frames: str | None = None,
+                  target_fps: float | None = None) -> dict:
     """Downsample an open :class:`MovieSource` into an ``ingest.zarr`` store at ``out_path``.
 
     See :func:`ingest` (this is its body, for sources opened by the caller).
@@ -218,8 +247,9 @@ def ingest_source(source: MovieSource, out_path, *, spatial_ds: int = 1, tempora
         fps, fps_from = float(default_fps), "default (general.sf)"
         log.warning("%s: no timestamps and no frame rate given; using the default %.3f fps", label, fps)
     dropped = source.dropped
-    damaged, damaged_grid = _damaged_frames(source, label, on_damaged_frames or
-                                            (params or {}).get("downsampling", {}).get("on_damaged_frames", "drop"))
+    damaged, damaged_grid = _damaged_frames(source, label, on_damaged_frames or _ds_option(params, "on_damaged_frames"))
+    resampler = _resampler(label, None if fps is None else fps / k,
+                           target_fps if target_fps is not None else _ds_option(params, "target_fps"))
     out_claim = max(math.ceil(t_claim / k), 1)
     t0 = time.monotonic()
     out_path = Path(out_path)
@@ -228,21 +258,26 @@ def ingest_source(source: MovieSource, out_path, *, spatial_ds: int = 1, tempora
         movie = create_movie(group, "movie", (max(out_claim, MOVIE_CHUNKS[0]), h, w))
         writer = FrameWriter(movie, movie.chunks[0])
         try:
-            n_raw, nonfinite, ts_out, filled = _stream(source, writer, s, k, n_read, label, damaged_grid)
+            n_raw, nonfinite, ts_out, filled = _stream(source, writer, s, k, n_read, label, damaged_grid, resampler)
             n_out = writer.close()
         finally:
             writer.stop()
         if n_out == 0:
             raise InputError(f"{label}: no frame was read")
         timestamps = np.concatenate(ts_out) if ts_out else None
+        if resampler is not None:  # the output grid of the new rate, from the first measured time
+            first = float(timestamps[0]) if timestamps is not None and timestamps.size else 0.0
+            timestamps = first + np.arange(n_out) * resampler.step * k / fps
         if timestamps is not None:
             create_image(group, "timestamps", timestamps.astype(np.float64))
         if nonfinite:
             log.warning("%s: %d non-finite pixel values in recorded frames were kept as they are", label, nonfinite)
         meta = source.metadata
         attrs = {
-            "fps": None if fps is None else fps / k,
+            "fps": None if fps is None else (fps / k / resampler.step if resampler is not None else fps / k),
             "fps_raw": fps,
+            "resampled": None if resampler is None else {"from_fps": fps / k, "to_fps": fps / k / resampler.step,
+                                                         "interpolated_frames_are_before_resampling": True},
             "fps_from": fps_from,
             "n_frames": int(n_out),
             "source_files": [str(p) for p in source.files],
@@ -279,7 +314,8 @@ def ingest_source(source: MovieSource, out_path, *, spatial_ds: int = 1, tempora
 def ingest(source_path: str | os.PathLike, out_path: str | os.PathLike, *, spatial_ds: int = 1,
            temporal_ds: int = 1, file_extension: str = "avi", fps: float | None = None,
            chunk_frames: int | None = None, params: Mapping | None = None,
-           default_fps: float | None = None, on_damaged_frames: str | None = None) -> dict:
+           default_fps: float | None = None, on_damaged_frames: str | None = None,
+           target_fps: float | None = None) -> dict:
     """Read a recording, downsample it and write ``ingest.zarr``.
 
     Parameters
@@ -306,6 +342,10 @@ def ingest(source_path: str | os.PathLike, out_path: str | os.PathLike, *, spati
         What to do with video frames the decoder reports damaged (:mod:`califlow.io.damage`);
         default ``params["downsampling"]["on_damaged_frames"]``, else "drop". Dropped ones are
         interpolated like dropped frames and listed in the attrs ``damaged_frames``.
+    target_fps : float, optional
+        Resample the session in time to this rate after ``temporal_ds``
+        (:class:`califlow.preprocess.resample.TimeResampler`); default
+        ``params["downsampling"]["target_fps"]`` (None: keep the recording's rate).
 
     Returns
     -------
@@ -317,4 +357,4 @@ def ingest(source_path: str | os.PathLike, out_path: str | os.PathLike, *, spati
     source = open_movie(source_path, file_extension=file_extension, fps=fps)
     return ingest_source(source, out_path, spatial_ds=spatial_ds, temporal_ds=temporal_ds,
                          chunk_frames=chunk_frames, default_fps=default_fps, params=params,
-                         inputs=[str(source_path)], on_damaged_frames=on_damaged_frames)
+                         inputs=[str(source_path)], on_damaged_frames=on_damaged_frames, target_fps=target_fps)
