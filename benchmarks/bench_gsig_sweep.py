@@ -5,7 +5,8 @@ Run::
     python benchmarks/bench_gsig_sweep.py                      # gSig 1.0 ... 5.0 by 0.1
     PYTHONPATH=/path/to/old/checkout/src python benchmarks/bench_gsig_sweep.py   # another version
 
-The animal is the test's (128 x 128, 2 sessions x 300 frames, 40 neurons of 8 px, seed 5),
+The animal is the test's (128 x 128, 2 sessions x 300 frames, 40 neurons of 8 px, seed 5,
+``--footprints`` gaussian or real),
 rendered without motion (``califlow.cnmfe.simulated.write_aligned_store``) and enhanced
 with each gSig; CNMF-E runs with that gSig and no measured floor (every size follows gSig
 itself).  Only APIs that every califlow version has are used, so the same script measures
@@ -27,6 +28,8 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--gsig", type=float, nargs="+", default=[round(1.0 + 0.1 * i, 1) for i in range(41)])
     ap.add_argument("--workdir", type=Path, default=None)
+    ap.add_argument("--footprints", choices=["gaussian", "real"], default="gaussian",
+                    help="footprint world of the cohort (real: CaliAli's DG bank from the shared data)")
     args = ap.parse_args(argv)
     import califlow
     from califlow.cnmfe import run_cnmfe
@@ -38,7 +41,7 @@ def main(argv=None) -> None:
           Path(califlow.__file__).parent, flush=True)
     cfg = preset("default", height=128, width=128, n_sessions=2, frames_per_session=300, n_neurons=40,
                  neuron_diameter=8.0, min_spacing=8.0, n_vessels=2, n_local_sources=4, translation=0.0,
-                 deformation=0.0, halo_sigma=8.0)
+                 deformation=0.0, halo_sigma=8.0, footprint_source=args.footprints)
     animal = simulate_animal(cfg, 5)
     work = args.workdir or Path(tempfile.mkdtemp(prefix="bench_sweep_"))
     work.mkdir(parents=True, exist_ok=True)

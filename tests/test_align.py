@@ -186,6 +186,16 @@ def test_bad_inputs_are_named():
         align_sessions([proj(20, 20), proj(20, 20)])
 
 
+def test_a_small_fov_with_nothing_to_align_is_accepted():
+    """The minimum alignable size applies only when sessions are registered to each other."""
+    rng = np.random.default_rng(0)
+    small = {k: rng.random((20, 24)).astype(np.float32) for k in ("mean", "bv", "cn", "pnr")}
+    one = align_sessions([small], ["s0"])
+    assert one.shape == (20, 24) and one.path == "none"
+    off = align_sessions([small, dict(small)], ["a", "b"], do_alignment=False)
+    assert off.shape == (20, 24)
+
+
 def test_fov_guard_names_the_bad_session(default_case):
     _, proj, _, _ = default_case
     bad = [dict(p) for p in proj]

@@ -29,8 +29,16 @@ CHANNELS = ("bv", "neuron", "fused")
 PROJECTION_KEYS = ("mean", "bv", "cn", "pnr")
 
 
-def check_projections(projections: Mapping[str, np.ndarray], name: str, *, need: tuple[str, ...] = ("bv", "cn")) -> tuple[int, int]:
+#: Smallest side (px) of a field of view that sessions can be registered on.
+MIN_ALIGN_SIDE = 32
+
+
+def check_projections(projections: Mapping[str, np.ndarray], name: str, *, need: tuple[str, ...] = ("bv", "cn"),
+                      min_side: int = MIN_ALIGN_SIDE) -> tuple[int, int]:
     """Check one session's projections (2-D float arrays of one shape); return (h, w).
+
+    ``min_side`` is the smallest side allowed (px): :data:`MIN_ALIGN_SIDE` when the session
+    is registered to others, 1 when there is nothing to align.
 
     Raises
     ------
@@ -56,8 +64,9 @@ def check_projections(projections: Mapping[str, np.ndarray], name: str, *, need:
             raise InputError(f"session {name!r}: projection {key!r} is mostly NaN/inf ({100 * (1 - finite.mean()):.0f}%)")
         if np.nanstd(arr[finite]) == 0:
             raise InputError(f"session {name!r}: projection {key!r} is constant; the session has no usable image")
-    if shape is None or min(shape) < 32:
-        raise InputError(f"session {name!r}: projections of shape {shape} are too small to align (need >= 32 x 32)")
+    if shape is None or min(shape) < min_side:
+        raise InputError(f"session {name!r}: projections of shape {shape} are too small to align (need >= "
+                         f"{min_side} x {min_side}); with one session, or do_alignment: false, any size is accepted")
     return int(shape[0]), int(shape[1])
 
 

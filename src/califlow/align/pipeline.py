@@ -27,7 +27,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from califlow.align.demons import pyramid_for
-from califlow.align.features import check_projections, neuron_image, normalise01, registration_channels
+from califlow.align.features import (MIN_ALIGN_SIDE, check_projections, neuron_image, normalise01,
+                                     registration_channels)
 from califlow.align.fov import common_fov
 from califlow.align.groupwise import groupwise_nonrigid, warp_channels
 from califlow.align.maps import identity_map
@@ -259,7 +260,8 @@ def align_sessions(projections: Sequence[Mapping[str, np.ndarray]], names: Seque
                   bv_score_threshold=bv_score_threshold, fov_policy=fov_policy, max_fov_loss=max_fov_loss,
                   gSig=gSig, smoothness=smoothness, n_rounds=n_rounds, bv_score_draws=bv_score_draws,
                   seed=seed, max_size_difference=max_size_difference)
-    shapes = [check_projections(p, nm) for p, nm in zip(projections, names)]
+    min_side = MIN_ALIGN_SIDE if do_alignment and n >= 2 else 1  # the size limit is for registration
+    shapes = [check_projections(p, nm, min_side=min_side) for p, nm in zip(projections, names)]
     grid, offsets = _common_grid(shapes, names, max_size_difference)
     sigma = max(4.0 * gSig, 4.0)
     chans, masks, bv01, neu01 = [], [], [], []
