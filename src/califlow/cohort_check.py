@@ -103,13 +103,18 @@ def check_animals(sessions: pd.DataFrame, cfg: Mapping, *, skip_missing: bool = 
     """
     ds, isa = cfg["downsampling"], cfg["inter_session_alignment"]
     probes: dict[str, dict[str, SessionProbe]] = {}
-    for row in sessions.reset_index(drop=True).itertuples():
+    table = sessions.reset_index(drop=True)
+    several = table["animal"].map(table["animal"].value_counts()) > 1  # one session: nothing to agree with
+    for row in table[several].itertuples():
         if skip_missing and not Path(row.path).exists():
             continue
         fps = None if row.fps != row.fps else float(row.fps)
-        probes.setdefault(row.animal, {})[row.session] = probe_session(
-            row.path, file_extension=ds["file_extension"], fps=fps, spatial_ds=int(ds["spatial_ds"]),
-            default_fps=cfg["general"]["sf"])
+        try:
+            probes.setdefault(row.animal, {})[row.session] = probe_session(
+                row.path, file_extension=ds["file_extension"], fps=fps, spatial_ds=int(ds["spatial_ds"]),
+                default_fps=cfg["general"]["sf"])
+        except InputError as exc:
+            raise InputError(f"animal {row.animal}, session {row.session} ({row.path}): {exc}") from exc
     problems = []
     for animal, found in probes.items():
         if len(found) < 2:
