@@ -7,6 +7,7 @@ from pathlib import Path
 
 from snakemake.utils import validate
 
+from califlow.cohort_check import check_animals
 from califlow.params import resolve_config
 from califlow.sessions import read_sessions, sessions_from_files, validate_sessions
 
@@ -33,6 +34,8 @@ def _load_sessions():
 
 SESSIONS = _load_sessions()
 validate(SESSIONS.reset_index(drop=True), schema="../schemas/sessions.schema.yaml")
+if workflow.is_main_process:  # not in every cluster job: opens each recording's headers
+    check_animals(SESSIONS, CFG)  # frame rate and size agree within each animal
 ANIMALS = list(dict.fromkeys(SESSIONS["animal"]))
 ANIMAL_PATTERN = "|".join(map(re.escape, ANIMALS))
 SESSION_PATTERN = "|".join(map(re.escape, dict.fromkeys(SESSIONS["session"])))
