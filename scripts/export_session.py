@@ -23,7 +23,8 @@ def main(smk):
     formats = ["csv"] + (["nwb"] if cfg["nwb"] else []) + (["isxd"] if cfg["isxd"] else [])
     cells = pd.read_csv(smk.input.cells)
     snr = cells["snr"].to_numpy(float) if "snr" in cells else None
-    export_session(ext, session, smk.output[0], metadata=cfg, images=images,
+    metadata = {**cfg, **dict(smk.params.subject)}  # the sheet's Subject columns win over the config
+    export_session(ext, session, smk.output[0], metadata=metadata, images=images,
                    source_files=summary.get("source_files") or [],
                    frames_per_file=summary.get("frames_per_file") or [],
                    raw_fps=summary.get("fps_raw"), formats=formats,

@@ -94,3 +94,35 @@ def test_init_writes_gsig_auto_with_a_reason(tmp_path):
     assert "gSig: auto" in text and "measured from these recordings" in text
     cfg = validate_config(yaml.safe_load(text))
     assert cfg["general"]["gSig"] == "auto" and cfg["demo"]["enabled"] is False
+
+
+def test_subject_columns_are_checked_and_reach_nwb(tmp_path):
+    """Optional sheet columns subject_id, species, sex, age, genotype: one subject per animal, into NWB Subject."""
+    pynwb = pytest.importorskip("pynwb")
+    import pandas as pd
+
+    from califlow import export
+    from califlow.errors import InputError
+    from califlow.sessions import subject_of, validate_sessions
+
+    for i in range(2):
+        (tmp_path / f"{i}.avi").write_bytes(b"\0")
+    sheet = pd.DataFrame({"animal": ["m1", "m1"], "session": ["a", "b"],
+                          "path": [str(tmp_path / "0.avi"), str(tmp_path / "1.avi")],
+                          "sex": ["F", None], "age": ["P90D", "P90D"], "genotype": ["Ai148 x Cre", ""]})
+    table = validate_sessions(sheet)
+    subject = subject_of(table, "m1")
+    assert subject == {"sex": "F", "age": "P90D", "genotype": "Ai148 x Cre"}
+    with pytest.raises(InputError, match=r"row 2 .*sex 'female' is not allowed"):
+        validate_sessions(sheet.assign(sex=["female", None]))
+    with pytest.raises(InputError, match=r"animal 'm1': column 'age' differs between its rows \(P90D, P97D\)"):
+        validate_sessions(sheet.assign(age=["P90D", "P97D"]))
+
+    from test_export import _fake_extraction
+
+    ext, _ = _fake_extraction(tmp_path)
+    files = export.export_session(ext, "a", tmp_path / "out", metadata={"species": "Mus musculus", **subject},
+                                  formats=("nwb",))
+    with pynwb.NWBHDF5IO(str(files[0]), "r") as io:
+        s = io.read().subject
+        assert (s.subject_id, s.sex, s.age, s.genotype) == ("m1", "F", "P90D", "Ai148 x Cre")

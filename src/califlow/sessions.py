@@ -1,6 +1,8 @@
 """The sessions sheet: one row per recording session, grouped by animal.
 
-Columns: ``animal``, ``session``, ``path`` (required), ``fps`` and ``order`` (optional).
+Columns: ``animal``, ``session``, ``path`` (required), ``fps`` and ``order`` (optional), and the
+NWB Subject columns ``subject_id``, ``species``, ``sex``, ``age``, ``genotype`` (optional, the
+same on every row of an animal).
 :func:`read_sessions` validates the sheet before any work starts and returns it sorted by
 animal and by concatenation order; every problem is reported with its row, animal, session
 and path.
@@ -17,11 +19,12 @@ import pandas as pd
 from califlow.errors import InputError
 from califlow.params import sessions_schema
 
-__all__ = ["REQUIRED_COLUMNS", "OPTIONAL_COLUMNS", "read_sessions", "sessions_from_files",
+__all__ = ["REQUIRED_COLUMNS", "OPTIONAL_COLUMNS", "SUBJECT_COLUMNS", "read_sessions", "subject_of", "sessions_from_files",
            "validate_sessions", "write_sessions"]
 
 REQUIRED_COLUMNS = ("animal", "session", "path")
-OPTIONAL_COLUMNS = ("fps", "order")
+SUBJECT_COLUMNS = ("subject_id", "species", "sex", "age", "genotype")
+OPTIONAL_COLUMNS = ("fps", "order") + SUBJECT_COLUMNS
 _NAME = re.compile(sessions_schema()["properties"]["animal"]["pattern"])
 
 
@@ -74,9 +77,10 @@ def validate_sessions(sheet: pd.DataFrame, *, source: str = "sessions sheet",
                          f"{', '.join(REQUIRED_COLUMNS)} and optionally {', '.join(OPTIONAL_COLUMNS)}")
     if sheet.empty:
         raise InputError(f"{source}: the sheet has no sessions")
-    for col in ("fps", "order"):
+    for col in ("fps", "order") + SUBJECT_COLUMNS:
         if col not in sheet.columns:
             sheet[col] = None
+    _check_subjects(sheet, source)
     prefixes = [Path(p) for p in may_be_missing]
     base = Path(base_dir)
     for i, row in sheet.reset_index(drop=True).iterrows():
@@ -142,6 +146,41 @@ def validate_sessions(sheet: pd.DataFrame, *, source: str = "sessions sheet",
     return sheet.set_index(["animal", "session"], drop=False)
 
 
+def _check_subjects(sheet: pd.DataFrame, source: str) -> None:
+    """Subject columns: allowed values, and one value per animal."""
+    props = sessions_schema()["properties"]
+    for i, row in sheet.iterrows():
+        for col in ("sex", "age"):
+            value = row[col]
+            if value is None or pd.isna(value) or str(value).strip() == "":
+                continue
+            text = str(value).strip()
+            ok = text in props["sex"]["enum"] if col == "sex" else re.match(props["age"]["pattern"], text)
+            if not ok:
+                raise InputError(f"{source}: {_row_label(row, int(i))}: {col} {text!r} is not allowed; "
+                                 f"{props[col]['description']}")
+    for col in SUBJECT_COLUMNS:
+        filled = sheet[[col, "animal"]].dropna()
+        filled = filled[filled[col].astype(str).str.strip() != ""]
+        for animal, values in filled.groupby("animal")[col]:
+            distinct = sorted(set(values.astype(str).str.strip()))
+            if len(distinct) > 1:
+                raise InputError(f"{source}: animal {animal!r}: column {col!r} differs between its rows "
+                                 f"({', '.join(distinct)}); one animal is one subject")
+
+
+def subject_of(sheet: pd.DataFrame, animal: str) -> dict:
+    """The non-empty Subject columns of ``animal`` (``{"species": "Mus musculus", ...}``)."""
+    rows = sheet[sheet["animal"] == animal]
+    out = {}
+    for col in SUBJECT_COLUMNS:
+        if col in rows:
+            vals = [str(v).strip() for v in rows[col] if v is not None and not pd.isna(v) and str(v).strip()]
+            if vals:
+                out[col] = vals[0]
+    return out
+
+
 def _is_under(path: Path, prefix: Path) -> bool:
     try:
         path.resolve().relative_to(prefix.resolve())
@@ -180,8 +219,10 @@ def sessions_from_files(input_files: list[str], output_files: list[str] | None =
 
 
 def write_sessions(sheet: pd.DataFrame, path: str | Path) -> Path:
-    """Write a sessions table as TSV (columns animal, session, path, fps, order where present)."""
-    cols = [c for c in REQUIRED_COLUMNS + OPTIONAL_COLUMNS if c in sheet.columns]
+    """Write a sessions table as TSV (columns animal, session, path, fps, order, and the Subject
+    columns that hold a value)."""
+    cols = [c for c in REQUIRED_COLUMNS + OPTIONAL_COLUMNS if c in sheet.columns
+            and (c not in SUBJECT_COLUMNS or sheet[c].notna().any())]
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     sheet.reset_index(drop=True)[cols].to_csv(p, sep="\t", index=False)

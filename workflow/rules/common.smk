@@ -9,7 +9,7 @@ from snakemake.utils import validate
 
 from califlow.cohort_check import check_animals
 from califlow.params import resolve_config
-from califlow.sessions import read_sessions, sessions_from_files, validate_sessions
+from califlow.sessions import read_sessions, sessions_from_files, subject_of, validate_sessions
 
 
 # ---- configuration: validated (with defaults filled in) before any job runs -------------
@@ -60,6 +60,11 @@ def session_fps(wildcards):
     """Frame rate from the sheet, or None (then timestamps, the file, or general.sf)."""
     fps = session_row(wildcards)["fps"]
     return None if fps != fps else float(fps)
+
+
+def animal_subject(wildcards):
+    """The animal's NWB Subject columns from the sheet (subject_id, species, sex, age, genotype)."""
+    return subject_of(SESSIONS, wildcards.animal)
 
 
 def animal_sessions(wildcards):

@@ -28,6 +28,7 @@ rule export_session:
         directory("results/{animal}/sessions/{session}/export"),
     params:
         export=CFG["export"],
+        subject=animal_subject,
     log:
         "logs/{animal}/{session}/export_session.log",
     benchmark:

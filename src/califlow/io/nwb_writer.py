@@ -97,7 +97,8 @@ def write_session_nwb(path: str | Path, session: NWBSession, metadata: dict) -> 
     session : NWBSession
     metadata : dict
         The ``export`` config group: species, sex, age, experimenter, lab, institution,
-        indicator, location, excitation_lambda, emission_lambda, device.
+        indicator, location, excitation_lambda, emission_lambda, device; with the sheet's
+        Subject columns merged in (subject_id, species, sex, age, genotype).
     """
     from pynwb import NWBHDF5IO, NWBFile
     from pynwb.file import Subject
@@ -125,9 +126,11 @@ def write_session_nwb(path: str | Path, session: NWBSession, metadata: dict) -> 
         source_script=f"califlow {__version__}",
         source_script_file_name="califlow",
     )
-    nwb.subject = Subject(subject_id=session.animal, species=metadata.get("species", "Mus musculus"),
+    nwb.subject = Subject(subject_id=metadata.get("subject_id") or session.animal,
+                          species=metadata.get("species", "Mus musculus"),
                           sex=metadata.get("sex", "U"), age=metadata.get("age", "P0D/"),
-                          description="Subject as named in the califlow sessions sheet.")
+                          genotype=metadata.get("genotype") or None,
+                          description=f"Animal {session.animal} of the califlow sessions sheet.")
     device = nwb.create_device(name="Microscope", description=metadata.get("device", "one-photon microscope"))
     channel = OpticalChannel(name="OpticalChannel", description="green emission",
                              emission_lambda=float(metadata.get("emission_lambda", 525.0)))
