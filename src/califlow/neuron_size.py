@@ -269,16 +269,9 @@ def size_warning(gsig: float, size: NeuronSize) -> str | None:
     (:func:`califlow.sizes.effective_gsig`: ``FLOOR_FRACTION`` to ``CEILING_FRACTION`` times
     the measured gSig); None when it fits.
     """
-    from califlow.sizes import CEILING_FRACTION, FLOOR_FRACTION
+    from califlow.sizes import gsig_mismatch
 
-    if not size.ok or not gsig > 0:
-        return None
-    ratio = float(gsig) / size.gsig
-    if FLOOR_FRACTION <= ratio <= CEILING_FRACTION:
-        return None
-    word = "small" if ratio < 1 else "large"
-    return (f"gSig {gsig:g} looks {word} for these data: their neurons are about {size.diameter:.1f} px across "
-            f"(half-maximum diameter; gSig {size.gsig:.1f} would fit)")
+    return gsig_mismatch(gsig, size.diameter) if size.ok else None
 
 
 def stabilised_sample(frames: np.ndarray, *, bv_size=(1.5, 2.25), gsig: float = 2.5, reference: str = "BV",

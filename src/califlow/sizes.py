@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["DIAMETER_PER_GSIG", "FLOOR_FRACTION", "CEILING_FRACTION", "effective_gsig", "bv_size", "enhance_disk_radius", "speck_sigma",
+__all__ = ["DIAMETER_PER_GSIG", "FLOOR_FRACTION", "CEILING_FRACTION", "effective_gsig", "gsig_mismatch", "bv_size", "enhance_disk_radius", "speck_sigma",
            "ring_radius", "contrast_window", "local_max_radius", "box_radius", "min_pixel", "gsiz"]
 
 #: Half-maximum neuron diameter (px) per unit of gSig, for the gSig that ``gSig: auto`` uses and
@@ -45,6 +45,21 @@ def effective_gsig(gsig: float, diameter: float | None = None) -> float:
         return g
     fit = float(diameter) / DIAMETER_PER_GSIG
     return min(max(g, FLOOR_FRACTION * fit), CEILING_FRACTION * fit)
+
+
+def gsig_mismatch(gsig: float, diameter: float | None) -> str | None:
+    """'gSig X looks small for these data: ...' when gSig is outside the band :func:`effective_gsig`
+    keeps (``FLOOR_FRACTION`` ... ``CEILING_FRACTION`` times the measured gSig); None when it fits
+    or no diameter (px, half maximum) was measured."""
+    if diameter is None or not math.isfinite(float(diameter)) or diameter <= 0 or not gsig > 0:
+        return None
+    fit = float(diameter) / DIAMETER_PER_GSIG
+    ratio = float(gsig) / fit
+    if FLOOR_FRACTION <= ratio <= CEILING_FRACTION:
+        return None
+    word = "small" if ratio < 1 else "large"
+    return (f"gSig {gsig:g} looks {word} for these data: their neurons are about {float(diameter):.1f} px across "
+            f"(half-maximum diameter; gSig {fit:.1f} would fit)")
 
 
 def gsiz(gsig: float) -> float:

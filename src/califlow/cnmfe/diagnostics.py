@@ -9,7 +9,6 @@ ends with no active neuron.  The warnings go to the job log, to ``cnmfe.zarr`` a
 
 from __future__ import annotations
 
-import math
 from typing import Sequence
 
 import numpy as np
@@ -23,18 +22,10 @@ MIN_SEEDS_FOR_COLLAPSE = 10
 
 
 def size_hint(gsig: float, diameter: float | None) -> str | None:
-    """'gSig X looks small for these data: ...' when gSig is far from the measured neuron size."""
-    from califlow.sizes import CEILING_FRACTION, DIAMETER_PER_GSIG, FLOOR_FRACTION
+    """'gSig X looks small for these data: ...' (:func:`califlow.sizes.gsig_mismatch`)."""
+    from califlow.sizes import gsig_mismatch
 
-    if diameter is None or not math.isfinite(float(diameter)) or diameter <= 0:
-        return None
-    fit = float(diameter) / DIAMETER_PER_GSIG
-    ratio = float(gsig) / fit
-    if FLOOR_FRACTION <= ratio <= CEILING_FRACTION:
-        return None
-    word = "small" if ratio < 1 else "large"
-    return (f"gSig {gsig:g} looks {word} for these data: their neurons are about {diameter:.1f} px across "
-            f"(gSig ~ {fit:.1f})")
+    return gsig_mismatch(gsig, diameter)
 
 
 def extraction_warnings(n_seeds: int, n_neurons: int, active: np.ndarray, session_names: Sequence[str], opts,
