@@ -3,7 +3,8 @@
 OpenCV decodes a damaged FFV1 or MJPEG frame without a word to the caller (FFmpeg only
 prints ``slice CRC mismatch`` or ``error count`` on the console), so a corrupted file would
 pass as data. :func:`scan_video` decodes the file once more through PyAV, one packet at a
-time and single-threaded, and captures libav's log while each packet decodes: a packet
+time (slice threads only, so every log line belongs to the packet being decoded), and
+captures libav's log while each packet decodes: a packet
 whose decoding logs an error, fails, or yields no frame marks its frame damaged. Codecs
 that carry state from frame to frame (FFV1 between keyframes, MPEG-4, H.264) spread the
 damage, so every frame up to the next keyframe is marked too.
@@ -26,9 +27,6 @@ from califlow.errors import InputError
 __all__ = ["DamagedFrame", "scan_video", "damaged_grid_frames", "frame_ranges"]
 
 log = logging.getLogger(__name__)
-
-VIDEO_SUFFIXES = {".avi", ".mp4", ".mkv", ".mov", ".m4v", ".wmv", ".mpg", ".mpeg", ".webm"}
-
 
 @dataclass(frozen=True)
 class DamagedFrame:
@@ -88,26 +86,26 @@ def scan_video(path: str | Path) -> tuple[list[DamagedFrame], int]:
     return damaged, n
 
 
-def damaged_grid_frames(files: Sequence[Path], decoded_counts: Sequence[int] | None,
-                        grid_positions: np.ndarray | None) -> tuple[list[DamagedFrame], np.ndarray]:
+def damaged_grid_frames(files: Sequence[Path], grid_positions: np.ndarray | None
+                        ) -> tuple[list[DamagedFrame], np.ndarray]:
     """Scan every video file of a movie; return the damaged frames and their grid indices.
 
-    ``decoded_counts`` are frames per file (the scan's own counts when None);
+    Files are placed one after the other by the frames the scan decodes in each;
     ``grid_positions`` maps recorded frames to the acquisition grid (identity when None).
+    Files that are not videos are skipped.
     """
+    from califlow.io.readers import VIDEO_EXTENSIONS
+
     found: list[DamagedFrame] = []
     recorded: list[int] = []
     offset = 0
-    for i, f in enumerate(files):
-        if Path(f).suffix.lower() not in VIDEO_SUFFIXES:
+    for f in files:
+        if Path(f).suffix.lower() not in VIDEO_EXTENSIONS:
             continue
         frames, n = scan_video(f)
-        count = int(decoded_counts[i]) if decoded_counts is not None else n
-        for d in frames:
-            if d.frame < count:
-                found.append(d)
-                recorded.append(offset + d.frame)
-        offset += count
+        found += frames
+        recorded += [offset + d.frame for d in frames]
+        offset += n
     idx = np.asarray(recorded, np.int64)
     if grid_positions is not None and idx.size:
         idx = np.asarray(grid_positions, np.int64)[idx]

@@ -206,7 +206,7 @@ def _damaged_frames(source: MovieSource, label: str, policy: str) -> tuple[list[
     """The source's damaged video frames and their grid indices; raise under ``policy`` 'fail'."""
     if policy not in ("drop", "fail"):
         raise ConfigError(f"downsampling.on_damaged_frames: {policy!r} is not one of 'drop', 'fail'")
-    damaged, grid = damaged_grid_frames(source.files, None, source.grid_positions)
+    damaged, grid = damaged_grid_frames(source.files, source.grid_positions)
     if not damaged:
         return damaged, grid
     by_file: dict[str, list[int]] = {}
@@ -267,16 +267,17 @@ def ingest_source(source: MovieSource, out_path, *, spatial_ds: int = 1, tempora
         timestamps = np.concatenate(ts_out) if ts_out else None
         if resampler is not None:  # the output grid of the new rate, from the first measured time
             first = float(timestamps[0]) if timestamps is not None and timestamps.size else 0.0
-            timestamps = first + np.arange(n_out) * resampler.step * k / fps
+            timestamps = first + np.arange(n_out) * (resampler.step * k / fps)
         if timestamps is not None:
             create_image(group, "timestamps", timestamps.astype(np.float64))
         if nonfinite:
             log.warning("%s: %d non-finite pixel values in recorded frames were kept as they are", label, nonfinite)
         meta = source.metadata
+        out_fps = None if fps is None else fps / k / (resampler.step if resampler is not None else 1.0)
         attrs = {
-            "fps": None if fps is None else (fps / k / resampler.step if resampler is not None else fps / k),
+            "fps": out_fps,
             "fps_raw": fps,
-            "resampled": None if resampler is None else {"from_fps": fps / k, "to_fps": fps / k / resampler.step,
+            "resampled": None if resampler is None else {"from_fps": fps / k, "to_fps": out_fps,
                                                          "interpolated_frames_are_before_resampling": True},
             "fps_from": fps_from,
             "n_frames": int(n_out),

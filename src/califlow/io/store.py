@@ -24,6 +24,8 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec
 
+from califlow.errors import OutOfSpaceError
+
 __all__ = [
     "MOVIE_CHUNKS",
     "FrameWriter",
@@ -69,11 +71,12 @@ def _remove(path: Path, settle_s: float = 0.0) -> None:
 
 
 def _size_text(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(n) < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+    """Bytes as B, KiB, MiB or GiB."""
+    for unit in ("B", "KiB", "MiB"):
+        if abs(n) < 1024:
+            return f"{n:.0f} B" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
-    return f"{n:.1f} TiB"
+    return f"{n:.1f} GiB"
 
 
 def _bytes_in(path: Path) -> int:
@@ -99,8 +102,6 @@ def check_free_space(path: str | os.PathLike, needed_bytes: int) -> None:
     ``needed_bytes`` is the size the output will take (at least); the free space of the disk
     that holds ``path``'s folder must cover it.
     """
-    from califlow.errors import OutOfSpaceError
-
     final = Path(path)
     free = _free_bytes(final.parent)
     if needed_bytes > free:
@@ -110,8 +111,6 @@ def check_free_space(path: str | os.PathLike, needed_bytes: int) -> None:
 
 
 def _out_of_space(final: Path, written: int, needed: int | None, exc: BaseException) -> Exception:
-    from califlow.errors import OutOfSpaceError
-
     free = _free_bytes(final.parent)
     need = (f"it needed {_size_text(needed)} ({needed} bytes)" if needed else
             f"it needed more than the {_size_text(written)} ({written} bytes) written when the disk filled")
@@ -158,8 +157,6 @@ def atomic_output(path: str | os.PathLike, needed_bytes: int | None = None) -> I
     try:
         yield tmp
     except BaseException as exc:
-        from califlow.errors import OutOfSpaceError
-
         if not is_out_of_space(exc) or isinstance(exc, OutOfSpaceError):
             _remove(tmp)
             raise
