@@ -9,12 +9,12 @@ stages, the translations, the BV score and the path taken (BV / neuron fallback 
 """
 
 from califlow.align import align_options, align_sessions, read_projections, save_alignment, save_overlays
+from califlow.job import workflow_job
 from califlow.neuron_size_step import job_config
-from califlow.progress import script_logging
 
 
 def main(smk) -> None:
-    with script_logging(smk.log[0] if smk.log else None) as log:
+    with workflow_job(smk) as log:
         names = list(smk.params.sessions)
         paths = list(smk.input.projections)
         log.info("aligning %d sessions: %s", len(names), ", ".join(names))

@@ -7,12 +7,12 @@ Reads ``snakemake.input.aligned``, ``snakemake.input.neuron_size`` (gSig follows
 """
 
 from califlow.cnmfe import run_cnmfe
+from califlow.job import workflow_job
 from califlow.neuron_size_step import job_config
-from califlow.progress import script_logging
 
 
 def main(smk) -> None:
-    with script_logging(smk.log[0] if smk.log else None):
+    with workflow_job(smk):
         config = job_config(smk.params.config, smk.input.neuron_size)
         patches = list(smk.input.patches) if "patches" in smk.input.keys() else None
         run_cnmfe(smk.input.aligned, smk.output.cnmfe, config, cells_path=smk.output.cells, patch_files=patches,

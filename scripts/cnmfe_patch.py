@@ -7,12 +7,12 @@ Runs the patches ``job, job + n_jobs, ...`` of ``snakemake.input.aligned`` with 
 """
 
 from califlow.cnmfe import run_patch_job
+from califlow.job import workflow_job
 from califlow.neuron_size_step import job_config
-from califlow.progress import script_logging
 
 
 def main(smk) -> None:
-    with script_logging(smk.log[0] if smk.log else None) as log:
+    with workflow_job(smk) as log:
         config = job_config(smk.params.config, smk.input.neuron_size)
         done = run_patch_job(smk.input.aligned, smk.output[0], config, int(smk.params.job), int(smk.params.n_jobs))
         log.info("patches %s done", done)

@@ -8,12 +8,12 @@ progress (frames done, rate, ETA) to ``snakemake.log[0]``.
 """
 
 from califlow.align import concatenate
+from califlow.job import workflow_job
 from califlow.neuron_size_step import job_config
-from califlow.progress import script_logging
 
 
 def main(smk) -> None:
-    with script_logging(smk.log[0] if smk.log else None) as log:
+    with workflow_job(smk) as log:
         config = job_config(smk.params.config, smk.input.neuron_size)
         tolerance = float(config.get("inter_session_alignment", {}).get("fps_tolerance", 0.01))
         summary = concatenate(list(smk.input.enhanced), smk.input.alignment, smk.output[0],

@@ -7,9 +7,9 @@ Reads ``snakemake.input.ingest``, ``snakemake.input.motion``, ``snakemake.input.
 ``snakemake.output.projections`` (mean, bv, cn, pnr); logs progress to ``snakemake.log[0]``.
 """
 
+from califlow.job import workflow_job
 from califlow.motion.session import enhance_session, use_threads
 from califlow.neuron_size_step import job_config
-from califlow.progress import script_logging
 
 
 def main(smk) -> None:
@@ -20,5 +20,5 @@ def main(smk) -> None:
                     config, name=name)
 
 
-with script_logging(snakemake.log[0]):  # noqa: F821 - injected by Snakemake
+with workflow_job(snakemake):  # noqa: F821 - injected by Snakemake
     main(snakemake)  # noqa: F821

@@ -1,9 +1,9 @@
 """Rule events_table: cnmfe.zarr -> events.csv (cell, session, frame, time_s, amplitude)."""
 
 from califlow.export import load_extraction, write_events_csv
-from califlow.progress import script_logging
+from califlow.job import workflow_job
 
-with script_logging(snakemake.log[0]):  # noqa: F821 - injected by Snakemake
+with workflow_job(snakemake):  # noqa: F821 - injected by Snakemake
     ext = load_extraction(snakemake.input[0])  # noqa: F821
     write_events_csv(ext["S"], ext["sessions"], snakemake.output[0],  # noqa: F821
                      threshold=snakemake.params.threshold)  # noqa: F821

@@ -7,7 +7,7 @@ import pandas as pd
 
 from califlow.export import export_session, load_extraction
 from califlow.io.store import open_group
-from califlow.progress import script_logging
+from califlow.job import workflow_job
 
 
 def main(smk):
@@ -31,5 +31,5 @@ def main(smk):
                    snr=snr, event_threshold=float(cfg["event_threshold"]), start_time=summary.get("start_time"))
 
 
-with script_logging(snakemake.log[0]):  # noqa: F821 - injected by Snakemake
+with workflow_job(snakemake):  # noqa: F821 - injected by Snakemake
     main(snakemake)  # noqa: F821

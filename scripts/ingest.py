@@ -12,7 +12,7 @@ import json
 
 from califlow.io.ingest import ingest
 from califlow.io.store import atomic_output
-from califlow.progress import script_logging
+from califlow.job import workflow_job
 
 
 def main(smk) -> None:
@@ -25,5 +25,5 @@ def main(smk) -> None:
         tmp.write_text(json.dumps(attrs, indent=1))
 
 
-with script_logging(snakemake.log[0]):  # noqa: F821 - injected by Snakemake
+with workflow_job(snakemake):  # noqa: F821 - injected by Snakemake
     main(snakemake)  # noqa: F821

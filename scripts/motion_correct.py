@@ -7,9 +7,9 @@ downsampling, preprocessing, motion_correction); writes ``snakemake.output.table
 non-rigid fields); logs progress (frames done, rate, ETA) to ``snakemake.log[0]``.
 """
 
+from califlow.job import workflow_job
 from califlow.motion.session import correct_motion, use_threads
 from califlow.neuron_size_step import job_config
-from califlow.progress import script_logging
 
 
 def main(smk) -> None:
@@ -19,5 +19,5 @@ def main(smk) -> None:
     correct_motion(smk.input.ingest, smk.output.table, smk.output.store, config, name=name)
 
 
-with script_logging(snakemake.log[0]):  # noqa: F821 - injected by Snakemake
+with workflow_job(snakemake):  # noqa: F821 - injected by Snakemake
     main(snakemake)  # noqa: F821

@@ -7,12 +7,12 @@ writes ``snakemake.output[0]`` atomically; logs the estimate and its warnings to
 ``snakemake.log[0]``.
 """
 
+from califlow.job import workflow_job
 from califlow.neuron_size_step import measure_recordings, write_neuron_size
-from califlow.progress import script_logging
 
 
 def main(smk) -> None:
-    with script_logging(smk.log[0] if smk.log else None) as log:
+    with workflow_job(smk) as log:
         names = list(smk.params.sessions)
         content = measure_recordings(list(smk.input), names, dict(smk.params.config), list(smk.params.fps))
         m = content["measured"]

@@ -4,9 +4,9 @@ import numpy as np
 
 from califlow import qc
 from califlow.export import load_extraction
-from califlow.progress import script_logging
+from califlow.job import workflow_job
 
-with script_logging(snakemake.log[0]):  # noqa: F821 - injected by Snakemake
+with workflow_job(snakemake):  # noqa: F821 - injected by Snakemake
     smk = snakemake  # noqa: F821
     ext = load_extraction(smk.input.cnmfe)
     animal = smk.wildcards.animal

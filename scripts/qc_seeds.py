@@ -8,12 +8,12 @@ setting to ``snakemake.log[0]``.
 
 from pathlib import Path
 
-from califlow.progress import script_logging
+from califlow.job import workflow_job
 from califlow.seeding_qc import seeding_from_results
 
 
 def main(smk) -> None:
-    with script_logging(smk.log[0] if smk.log else None) as log:
+    with workflow_job(smk) as log:
         animal_dir = Path(smk.input.aligned).parent
         _, counts = seeding_from_results(animal_dir, dict(smk.params.config), smk.output[0])
         for c in counts:

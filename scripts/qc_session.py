@@ -6,16 +6,17 @@ import numpy as np
 
 from califlow import qc
 from califlow.io.store import open_group
+from califlow.job import workflow_job
 from califlow.motion.session import read_motion_csv
-from califlow.progress import script_logging
 
-with script_logging(snakemake.log[0]):  # noqa: F821 - injected by Snakemake
+with workflow_job(snakemake):  # noqa: F821 - injected by Snakemake
     smk = snakemake  # noqa: F821
     proj = open_group(smk.input.projections)
     images = {n: np.asarray(proj[n][...]) for n in ("mean", "bv", "cn", "pnr") if n in proj}
     summary = json.loads(open(smk.input.summary).read())
     fps = summary.get("fps") or 1.0
-    counts = (f"{len(summary.get('dropped_frames') or [])} dropped and {len(summary.get('damaged_frames') or [])} "
-              f"damaged frames interpolated")
+    unusable = len(summary.get("nonfinite_frames") or []) + len(summary.get("blank_frames") or [])
+    counts = (f"{len(summary.get('dropped_frames') or [])} dropped, {len(summary.get('damaged_frames') or [])} "
+              f"damaged and {unusable} blank/NaN frames interpolated")
     qc.session_figure(images, read_motion_csv(smk.input.motion), float(fps),
                       f"{smk.wildcards.animal} / {smk.wildcards.session}: {counts}", smk.output[0])

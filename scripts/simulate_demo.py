@@ -5,7 +5,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from califlow.progress import script_logging
+from califlow.job import workflow_job
 from califlow.simulate import animal_seed, preset, save_ground_truth, simulate_animal, write_animal
 
 
@@ -28,5 +28,5 @@ def main(snakemake):
         os.replace(written, out)
 
 
-with script_logging(snakemake.log[0]):  # noqa: F821 - injected by Snakemake
+with workflow_job(snakemake):  # noqa: F821 - injected by Snakemake
     main(snakemake)  # noqa: F821

@@ -7,11 +7,11 @@ atomically (nothing is left under its name if the job fails); logs to ``snakemak
 
 from califlow.deconv.tool import run_spike_extraction
 from califlow.io.store import atomic_output
-from califlow.progress import script_logging
+from califlow.job import workflow_job
 
 
 def main(smk) -> None:
-    with script_logging(smk.log[0] if smk.log else None) as log:
+    with workflow_job(smk) as log:
         with atomic_output(smk.output[0]) as tmp:
             records = run_spike_extraction([smk.input[0]], tmp, dict(smk.params.spike_extraction),
                                            n_threads=smk.threads)

@@ -5,6 +5,10 @@ is handled as documented (dropped frames, sessions of different field-of-view si
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +16,7 @@ import pytest
 import tifffile
 
 from test_io_helpers import gapped_times_ms, movie_u8, write_avi, write_miniscope_v4
-from workflow_helpers import make_workdir, run_snakemake
+from workflow_helpers import make_workdir, run_snakemake, snakemake_cmd
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -85,9 +89,16 @@ def _frame_sizes_too_different(d):
             "session frame sizes differ by 50%")
 
 
+def _chunk_missing_in_the_middle(d):
+    folder = write_miniscope_v4(d / "ms", movie_u8(40, 24, 24), np.arange(40) * 50.0)
+    (folder / "2.avi").unlink()
+    return _sheet([("m1", "s1", folder)]), "", "missing [2]", "chunk files are not numbered 0..2"
+
+
 @pytest.mark.parametrize("case", [_missing_file, _empty_folder, _zero_frame_session, _duplicate_sessions,
                                   _sheet_typo, _out_of_range_parameter, _mixed_frame_rates,
-                                  _frame_sizes_too_different], ids=lambda f: f.__name__[1:])
+                                  _frame_sizes_too_different, _chunk_missing_in_the_middle],
+                         ids=lambda f: f.__name__[1:])
 def test_stops_before_any_job(tmp_path, case):
     sheet, extra, culprit, message = case(tmp_path)
     work = make_workdir(tmp_path / "work", sheet=sheet, config_extra=extra)
@@ -127,18 +138,130 @@ def _non_monotonic_timestamps(d):
     return folder, "timeStamps.csv", "not monotonic"
 
 
-@pytest.mark.parametrize("case", [_unreadable_video, _truncated_tiff, _mixed_dtypes, _non_monotonic_timestamps],
+def _timestamps_of_another_recording(d):
+    folder = write_miniscope_v4(d / "ms", movie_u8(30, 24, 24), np.arange(50) * 50.0)  # 50 rows, 30 frames
+    return folder, "timeStamps.csv", "the timestamps belong to another recording"
+
+
+def _black_session(d):
+    tifffile.imwrite(d / "black.tif", np.zeros((30, 24, 24), np.uint8), photometric="minisblack")
+    return d / "black.tif", "black.tif", "no usable frame: all 30 recorded frames are unusable: 30 blank frame(s)"
+
+
+def _nan_frames_under_fail(d):
+    frames = movie_u8(30, 24, 24).astype(np.float32)
+    frames[[2, 3, 4, 20], 5, 5] = np.nan
+    tifffile.imwrite(d / "nan.tif", frames, photometric="minisblack")
+    return d / "nan.tif", "nan.tif", "4 frame(s) with NaN or infinite pixels (2-4, 20)"
+
+
+@pytest.mark.parametrize("case", [_unreadable_video, _truncated_tiff, _mixed_dtypes, _non_monotonic_timestamps,
+                                  _timestamps_of_another_recording, _black_session, _nan_frames_under_fail],
                          ids=lambda f: f.__name__[1:])
 def test_reading_job_fails_with_culprit_and_leaves_nothing(tmp_path, case):
+    """The log and the console name the file at fault, and the sheet row of its session."""
     path, culprit, message = case(tmp_path)
     extra = "downsampling:\n  file_extension: tif\n" if case is _mixed_dtypes else ""
+    if case is _nan_frames_under_fail:
+        extra = "downsampling:\n  on_damaged_frames: fail\n"
     work = make_workdir(tmp_path / "work", sheet=_sheet([("m1", "s1", path)]), config_extra=extra)
     proc = _run(work, INGEST)
     assert proc.returncode != 0
     log = (work / "logs" / "m1" / "s1" / "ingest.log").read_text()
     assert message in log and culprit in log, log[-2000:]
+    source = f"animal m1, session s1: {path} (row 2 of config/sessions.tsv)"
+    assert source in log and "califlow ERROR: InputError: " in proc.stdout and source in proc.stdout, proc.stdout[-3000:]
     assert not (work / INGEST).exists()
     _no_leftovers(work)
+
+
+def test_error_on_an_intermediate_names_the_source_recordings(tmp_path):
+    """motion_correct reads ingest.zarr; its error also names the recording and the sheet row."""
+    import zarr
+
+    frames = movie_u8(40, 32, 32).astype(np.float32)
+    tifffile.imwrite(tmp_path / "a.tif", frames, photometric="minisblack")
+    work = make_workdir(tmp_path / "work", sheet=_sheet([("m1", "s1", tmp_path / "a.tif")]),
+                        config_extra="keep_intermediates: true\n")
+    assert _run(work, INGEST).returncode == 0
+    store = zarr.open_group(str(work / "results/m1/sessions/s1/ingest.zarr"), mode="r+")
+    store["movie"][7, 3, 3] = np.nan  # damaged after ingest (by hand, a bad disk...)
+    proc = _run(work, "results/m1/sessions/s1/motion.csv")
+    assert proc.returncode != 0
+    log = (work / "logs/m1/s1/motion_correct.log").read_text()
+    assert "ingest.zarr: 1 frame(s) contain NaN or infinite values (0-based): 7" in log, log[-2000:]
+    assert f"animal m1, session s1: {tmp_path / 'a.tif'} (row 2 of config/sessions.tsv)" in log
+
+
+def _index_lies(d):
+    import struct
+
+    path = write_avi(d / "lie.avi", movie_u8(30, 24, 24))
+    data = bytearray(path.read_bytes())
+    at = data.find(b"avih") + 8 + 16  # MainAVIHeader.dwTotalFrames
+    data[at:at + 4] = struct.pack("<I", 300)
+    path.write_bytes(bytes(data))
+    return path, {"n_frames": 30}
+
+
+def _non_ascii_path(d):
+    folder = d / "Maus_ü" / "séance 1"
+    folder.mkdir(parents=True)
+    return write_avi(folder / "0.avi", movie_u8(20, 24, 24)), {"n_frames": 20}
+
+
+def _symlinked_folder(d):
+    real = write_miniscope_v4(d / "real_ms", movie_u8(30, 24, 24), np.arange(30) * 50.0)
+    (d / "link_ms").symlink_to(real, target_is_directory=True)
+    return d / "link_ms", {"n_frames": 30, "fps": 20.0, "fps_from": "timestamps"}
+
+
+def _nan_frames_dropped(d):
+    frames = movie_u8(30, 24, 24).astype(np.float32)
+    frames[[2, 3, 4, 20], 5, 5] = np.nan
+    tifffile.imwrite(d / "nan.tif", frames, photometric="minisblack")
+    return d / "nan.tif", {"nonfinite_frames": [2, 3, 4, 20], "interpolated_frames": [2, 3, 4, 20]}
+
+
+@pytest.mark.parametrize("case", [_index_lies, _non_ascii_path, _symlinked_folder, _nan_frames_dropped],
+                         ids=lambda f: f.__name__[1:])
+def test_handled_as_documented_at_ingest(tmp_path, case):
+    path, expected = case(tmp_path)
+    work = make_workdir(tmp_path / "work", sheet=_sheet([("m1", "s1", path)]))
+    proc = _run(work, INGEST)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    summary = json.loads((work / INGEST).read_text())
+    assert {k: summary[k] for k in expected} == expected
+    assert [p for p in (work / "results").rglob("*") if ".tmp-" in p.name] == []
+
+
+def _without_dac_override(cmd: list[str]) -> list[str] | None:
+    """``cmd`` run so that file permissions apply (root: drop CAP_DAC_OVERRIDE), or None when impossible."""
+    if os.geteuid() != 0:
+        return cmd
+    import shutil
+
+    setpriv = shutil.which("setpriv")
+    probe = subprocess.run([setpriv, "--bounding-set=-dac_override,-dac_read_search", "true"],
+                           capture_output=True) if setpriv else None
+    if probe is None or probe.returncode != 0:
+        return None
+    return [setpriv, "--bounding-set=-dac_override,-dac_read_search", "--", *cmd]
+
+
+def test_unreadable_file_stops_before_any_job(tmp_path):
+    path = write_avi(tmp_path / "secret.avi", movie_u8(10, 24, 24))
+    path.chmod(0)
+    work = make_workdir(tmp_path / "work", sheet=_sheet([("m1", "s1", path)]))
+    cmd = _without_dac_override(snakemake_cmd(work, "-n", cores=1))
+    if cmd is None:
+        pytest.skip("cannot drop CAP_DAC_OVERRIDE here (root without setpriv)")
+    proc = subprocess.run(cmd, cwd=work, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=300,
+                          env=dict(os.environ, XDG_CACHE_HOME=str(work / ".cache")))
+    assert proc.returncode != 0
+    out = proc.stdout
+    assert "row 2 (animal 'm1', session 's1')" in out and "secret.avi: cannot be read (permission denied)" in out, out[-2000:]
+    assert not (work / "results").exists()
 
 
 # --- handled as documented -----------------------------------------------------------------
@@ -202,3 +325,65 @@ def test_mixed_frame_rates_are_resampled_to_target_fps(tmp_path):
     assert s1["fps"] == 20.0 and s1["resampled"] is None and s1["n_frames"] == 30
     assert s2["fps"] == pytest.approx(20.0) and s2["resampled"]["from_fps"] == pytest.approx(30.3, rel=1e-3)
     assert s2["n_frames"] == 1 + int(29 * 20.0 / 30.3)  # every 20-fps time within the 30.3-fps span
+
+
+# --- SIGTERM (a cluster's time limit, scancel) during each rule ----------------------------
+
+def _script_jobs(work: Path) -> dict[int, str]:
+    """Running Snakemake script jobs in ``work`` whose SIGTERM handler is installed: {pid: script name}."""
+    found = {}
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            cmd = (d / "cmdline").read_bytes().split(b"\0")
+            if len(cmd) < 2 or not Path(cmd[0].decode()).name.startswith("python") or os.readlink(d / "cwd") != str(work):
+                continue
+            status = (d / "status").read_text()
+        except (OSError, UnicodeDecodeError):
+            continue
+        script = Path(cmd[1].decode())
+        caught = int(next(line.split()[1] for line in status.splitlines() if line.startswith("SigCgt:")), 16)
+        if ".snakemake/scripts" in str(script) and caught & (1 << (signal.SIGTERM - 1)):
+            found[int(d.name)] = script.name.split(".", 1)[1].removesuffix(".py")
+    return found
+
+
+def _run_until_terminated(work: Path, killed: set[str]) -> tuple[subprocess.Popen, str | None, str]:
+    """Run the workflow; SIGTERM the first job of a script not in ``killed``; return (process, script, output)."""
+    env = dict(os.environ, XDG_CACHE_HOME=str(work / ".cache"))
+    proc = subprocess.Popen(snakemake_cmd(work, cores=1), cwd=work, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    victim = None
+    deadline = time.monotonic() + 600
+    while proc.poll() is None and victim is None and time.monotonic() < deadline:
+        for pid, script in _script_jobs(work).items():
+            if script not in killed:
+                os.kill(pid, signal.SIGTERM)
+                victim = script
+                break
+        time.sleep(0.01)
+    out, _ = proc.communicate(timeout=600)
+    return proc, victim, out
+
+
+def test_sigterm_during_each_rule_removes_partial_output_and_resumes(tmp_path):
+    """Each script job is stopped once by SIGTERM as a cluster would: the job exits 143, its log
+    says so, no temporary or half-written output remains, and the next run goes on from there."""
+    work = make_workdir(tmp_path / "work", sheet=_sim_tiffs(tmp_path, [(96, 96), (96, 96)]))
+    killed: set[str] = set()
+    for _ in range(30):
+        proc, victim, out = _run_until_terminated(work, killed)
+        if victim is None:
+            assert proc.returncode == 0, out[-3000:]
+            break
+        killed.add(victim)
+        assert proc.returncode != 0 and "non-zero exit status 143" in out, (victim, out[-3000:])
+        logs = [p for p in (work / "logs").rglob("*.log") if "terminated by SIGTERM" in p.read_text()]
+        assert any(victim.split("_")[0] in p.name for p in logs), (victim, logs)
+        left = [p for p in (work / "results").rglob("*") if ".tmp-" in p.name]
+        assert left == [], (victim, left)
+    expected = {"ingest", "neuron_size", "motion_correct", "enhance", "qc_session", "align_sessions",
+                "concatenate", "cnmfe", "export_session", "events_table", "qc_animal", "qc_seeds", "spike_extraction"}
+    assert expected <= killed, sorted(expected - killed)
+    assert (work / "results" / "m1" / "cnmfe.zarr").exists()

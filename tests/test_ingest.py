@@ -266,3 +266,47 @@ def test_raw_avi_short_packet_is_flagged_and_payload_damage_is_not_visible(tmp_p
     short.write_bytes(bytes(data))
     damaged, _ = scan_video(short)
     assert 1 in {d.frame for d in damaged}
+
+
+def _float_tiff(path, nan_frames=(), blank_frames=(), t=60):
+    frames = movie_u8(t, 24, 24, seed=4).astype(np.float32) + 10
+    for i in nan_frames:
+        frames[i, 3, 5] = np.nan
+    for i in blank_frames:
+        frames[i] = 0.0
+    tifffile.imwrite(path, frames, photometric="minisblack")
+    return frames
+
+
+def test_nan_and_blank_frames_are_counted_ranged_and_interpolated(tmp_path):
+    """Every unusable frame is listed (not the first 10), as a count plus ranges; none reaches the movie."""
+    nan = list(range(3, 17)) + [30]          # 15 frames with a NaN pixel
+    blank = [40, 41, 55]                     # black frames (every pixel 0)
+    frames = _float_tiff(tmp_path / "s.tif", nan, blank)
+    attrs = ingest(tmp_path / "s.tif", tmp_path / "ingest.zarr")
+    assert attrs["nonfinite_frames"] == nan and attrs["blank_frames"] == blank
+    assert attrs["interpolated_frames"] == sorted(nan + blank)
+    movie = zarr.open_group(str(tmp_path / "ingest.zarr"), mode="r")["movie"][...]
+    assert np.isfinite(movie).all()
+    # linear in time between the nearest usable frames (2 and 17)
+    w = (np.arange(1, 15) / 15.0)[:, None, None]
+    np.testing.assert_allclose(movie[3:17], frames[2] + w * (frames[17] - frames[2]), rtol=1e-5, atol=1e-4)
+    np.testing.assert_array_equal(movie[18:30], frames[18:30])
+
+
+def test_unusable_frames_fail_with_all_ranges_under_fail(tmp_path):
+    _float_tiff(tmp_path / "s.tif", nan_frames=list(range(0, 24, 2)), blank_frames=[50])
+    with pytest.raises(InputError) as err:
+        ingest(tmp_path / "s.tif", tmp_path / "ingest.zarr", on_damaged_frames="fail")
+    msg = str(err.value)
+    assert "s.tif" in msg and "12 frame(s) with NaN or infinite pixels (0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22)" in msg
+    assert "1 blank frame(s) (every pixel equal: 50)" in msg
+    assert not (tmp_path / "ingest.zarr").exists() and list(tmp_path.iterdir()) == [tmp_path / "s.tif"]
+
+
+@pytest.mark.parametrize("value", [0.0, 117.0, np.nan])
+def test_black_constant_or_nan_session_is_refused_naming_the_file(tmp_path, value):
+    tifffile.imwrite(tmp_path / "flat.tif", np.full((20, 16, 16), value, np.float32), photometric="minisblack")
+    with pytest.raises(InputError, match=r"flat\.tif: no usable frame: all 20 recorded frames are unusable"):
+        ingest(tmp_path / "flat.tif", tmp_path / "ingest.zarr")
+    assert list(tmp_path.iterdir()) == [tmp_path / "flat.tif"]

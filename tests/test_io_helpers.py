@@ -7,6 +7,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pytest
 
 
 def movie_u8(t: int, h: int, w: int, seed: int = 0) -> np.ndarray:
@@ -71,3 +72,14 @@ def gapped_times_ms(n: int, fps: float, gaps: dict[int, int], jitter_ms: float =
         step[i] += m
     t = np.concatenate([[0.0], np.cumsum(step)]) * 1000.0 / fps
     return 12345.0 + t + rng.uniform(-jitter_ms, jitter_ms, n)
+
+
+def test_a_full_disk_under_the_log_does_not_mask_the_jobs_error(capsys):
+    """/dev/full fails every write with ENOSPC, as a log on a full disk does."""
+    from califlow.progress import script_logging
+
+    with pytest.raises(ValueError, match="the real cause"):
+        with script_logging("/dev/full") as log:
+            log.info("a line the disk cannot take")
+            raise ValueError("the real cause")
+    assert "califlow ERROR: ValueError: the real cause" in capsys.readouterr().err

@@ -135,11 +135,13 @@ def test_featureless_movie_is_refused():
         estimate_rigid_motion(movie, name="blank.zarr")
 
 
-def test_nan_frames_are_refused():
-    movie = np.random.default_rng(0).random((30, 40, 40)).astype(np.float32)
-    movie[17, 3, 3] = np.nan
-    with pytest.raises(InputError, match=r"bad\.zarr.*\[17\]"):
-        estimate_rigid_motion(movie, name="bad.zarr", template_frames=5)
+def test_nan_frames_are_refused_listing_all_of_them():
+    movie = np.random.default_rng(0).random((300, 40, 40)).astype(np.float32)
+    bad = [17] + list(range(40, 52)) + [299]  # 14 frames, more than one chunk
+    movie[bad, 3, 3] = np.nan
+    with pytest.raises(InputError, match=r"bad\.zarr: 14 frame\(s\) contain NaN or infinite values "
+                                         r"\(0-based\): 17, 40-51, 299$"):
+        estimate_rigid_motion(movie, name="bad.zarr", template_frames=5, chunk_frames=100)
 
 
 def test_crop_guard_names_the_frames():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 
@@ -54,6 +56,8 @@ def test_neuron_count_changes_smoothly_with_gsig(footprints, tmp_path):
         write_aligned_store(animal, store, gsig=g, rendered=rendered)
         ex = run_cnmfe(store, tmp_path / f"cnmfe_{g}.zarr", {"general": {"gSig": g}, "cnmfe": CNMFE})
         counts.append(ex.C.shape[0])
+        for done in (store, tmp_path / f"cnmfe_{g}.zarr"):  # 41 steps x 2 stores: ~1.3 GB if kept
+            shutil.rmtree(done)
     counts = np.asarray(counts, float)
     table = dict(zip(SWEEP, counts.astype(int).tolist()))
     drops = 1 - counts[1:] / np.maximum(counts[:-1], 1)

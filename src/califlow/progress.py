@@ -7,7 +7,7 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 __all__ = ["Progress", "get_logger", "script_logging"]
 
@@ -56,11 +56,14 @@ class Progress:
 
 
 @contextlib.contextmanager
-def script_logging(log_path: str | Path | None, level: int = logging.INFO) -> Iterator[logging.Logger]:
+def script_logging(log_path: str | Path | None, level: int = logging.INFO,
+                   blame: Callable[[], str] | None = None) -> Iterator[logging.Logger]:
     """Send califlow logging and stderr of a workflow script to its ``log:`` file.
 
     Exceptions are logged with their traceback and re-raised, so the job fails and the
-    log says why.
+    log says why; the console gets a one-line ``califlow ERROR: ...`` too. ``blame``, called
+    only on failure, names the data behind the job (source recordings, sheet rows), which
+    is added to both.
     """
     logger = get_logger()
     handlers: list[logging.Handler] = []
@@ -79,13 +82,37 @@ def script_logging(log_path: str | Path | None, level: int = logging.INFO) -> It
     old_stderr = sys.stderr
     if stream is not None:
         sys.stderr = stream
+    failed = False
     try:
         yield logger
-    except BaseException:
-        logger.exception("job failed")
+    except BaseException as exc:
+        failed = True
+        culprit = _blamed(blame)
+        logger.exception("job failed%s", f" on {culprit}" if culprit else "")
+        if stream is not None:  # the console gets the cause too, even when the log cannot be written
+            print(f"califlow ERROR: {type(exc).__name__}: {exc}" + (f"\n  (data: {culprit})" if culprit else ""),
+                  file=old_stderr)
         raise
     finally:
         sys.stderr = old_stderr
+        _close_handlers(logger, handlers, stream, quiet=failed)
+
+
+def _blamed(blame: Callable[[], str] | None) -> str:
+    """``blame()``, or '' when there is none or it fails (naming the data must not hide the error)."""
+    if blame is None:
+        return ""
+    try:
+        return blame()
+    except Exception as exc:  # noqa: BLE001 - the job's own error matters more
+        return f"(the sources could not be named: {type(exc).__name__}: {exc})"
+
+
+def _close_handlers(logger: logging.Logger, handlers: list[logging.Handler], stream, quiet: bool) -> None:
+    """Detach and flush ``handlers``; with ``quiet``, an unwritable log (disk full) does not mask the job's error."""
+    with contextlib.ExitStack() as stack:
+        if quiet:
+            stack.enter_context(contextlib.suppress(OSError))
         for h in handlers:
             logger.removeHandler(h)
             h.flush()

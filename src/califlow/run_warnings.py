@@ -35,6 +35,10 @@ def _ingest_warnings(sessions: Path) -> list[str]:
             files = sorted({d.get("file", "?") for d in damaged})
             out.append(f"session {path.parent.name}: {len(damaged)} damaged frame(s) in {', '.join(files)} were "
                        "interpolated like dropped frames (ingest.json damaged_frames)")
+        unusable = len(info.get("nonfinite_frames") or []) + len(info.get("blank_frames") or [])
+        if unusable:
+            out.append(f"session {path.parent.name}: {unusable} frame(s) with NaN/infinite pixels or blank were "
+                       "interpolated like dropped frames (ingest.json nonfinite_frames, blank_frames)")
         if info.get("start_time_guessed"):
             out.append(f"session {path.parent.name}: the recording holds no start time; session_start_time is "
                        f"a guess ({info.get('start_time_from')})")

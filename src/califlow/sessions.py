@@ -19,7 +19,7 @@ import pandas as pd
 from califlow.errors import InputError
 from califlow.params import sessions_schema
 
-__all__ = ["REQUIRED_COLUMNS", "OPTIONAL_COLUMNS", "SUBJECT_COLUMNS", "read_sessions", "subject_of", "sessions_from_files",
+__all__ = ["REQUIRED_COLUMNS", "OPTIONAL_COLUMNS", "SUBJECT_COLUMNS", "describe_sources", "read_sessions", "subject_of", "sessions_from_files",
            "validate_sessions", "write_sessions"]
 
 REQUIRED_COLUMNS = ("animal", "session", "path")
@@ -192,18 +192,52 @@ def _is_under(path: Path, prefix: Path) -> bool:
 def read_sessions(path: str | Path, **kwargs) -> pd.DataFrame:
     """Read and validate a sessions sheet (TSV, or CSV by extension). See :func:`validate_sessions`."""
     p = Path(path)
+    return validate_sessions(_read_table(p), source=f"sessions sheet {p}", **kwargs)
+
+
+def _read_table(p: Path) -> pd.DataFrame:
+    """The sheet as written (strings; row ``i`` of the table is line ``i + 2`` of the file)."""
     if not p.exists():
         raise InputError(f"sessions sheet {p} does not exist (set `sessions:` in the config, or run "
                          "`califlow init DATA_DIR` to write one)")
     sep = "," if p.suffix.lower() == ".csv" else "\t"
     try:
-        sheet = pd.read_csv(p, sep=sep, dtype=str, comment="#", skip_blank_lines=True,
-                            keep_default_na=False, na_values=[""])
+        return pd.read_csv(p, sep=sep, dtype=str, comment="#", skip_blank_lines=True,
+                           keep_default_na=False, na_values=[""])
     except (pd.errors.ParserError, UnicodeDecodeError) as exc:
         raise InputError(f"sessions sheet {p} cannot be parsed: {exc}") from None
     except pd.errors.EmptyDataError:
         raise InputError(f"sessions sheet {p} is empty") from None
-    return validate_sessions(sheet, source=f"sessions sheet {p}", **kwargs)
+
+
+def describe_sources(config: dict, animal: str, session: str | None = None) -> str:
+    """Name the recordings of ``animal`` (or of one ``session``) and where the sheet lists them.
+
+    Used in error messages of jobs whose inputs are intermediates, so that the message also
+    names the source: ``"animal m1, session s1: /data/m1/s1.avi (row 3 of sessions.tsv)"``.
+
+    Parameters
+    ----------
+    config : dict
+        The workflow config (``sessions`` sheet path, or ``general.input_files``).
+    """
+    sheet_path = Path(str(config.get("sessions") or ""))
+    if sheet_path.is_file():
+        table, where = _read_table(sheet_path), f"row {{}} of {sheet_path}"
+        offset = 2
+    else:
+        general = config.get("general") or {}
+        table = sessions_from_files(list(general.get("input_files") or []), general.get("output_files"))
+        where, offset = "general.input_files[{}]", 0
+    names = table["animal"].astype(str).str.strip(), table["session"].astype(str).str.strip()
+    hit = (names[0] == animal) & ((names[1] == session) if session else True)
+    rows = [(s, str(p).strip(), where.format(int(i) + offset))
+            for i, s, p in zip(table.index[hit], names[1][hit], table["path"][hit])]
+    if session and len(rows) == 1:
+        s, p, w = rows[0]
+        return f"animal {animal}, session {s}: {p} ({w})"
+    listing = "; ".join(f"session {s}: {p} ({w})" for s, p, w in rows)
+    return f"animal {animal}: {listing or 'not in the sessions sheet'}"
 
 
 def sessions_from_files(input_files: list[str], output_files: list[str] | None = None,

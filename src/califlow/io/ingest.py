@@ -16,7 +16,9 @@ Store layout
 ``movie``       (T, H, W) float32, chunks (100, 64, 64), blosc-zstd bit-shuffle
 ``timestamps``  (T,) float64 seconds since the first frame (block means), when known
 attrs           fps (after temporal_ds), n_frames, source_files, frames_per_file,
-                dropped_frames (raw grid indices), interpolated_frames (output indices),
+                dropped_frames (raw grid indices), damaged_frames, nonfinite_frames and
+                blank_frames (raw grid indices, see :class:`_UnusableFrames`),
+                interpolated_frames (output indices),
                 file_order, spatial_ds, temporal_ds, raw_shape, raw_dtype, crop, gaps,
                 timing, reader, provenance (califlow version, params, inputs)
 """
@@ -125,6 +127,61 @@ class _DroppedFiller:
             yield from self._interpolate(None)
 
 
+class _UnusableFrames:
+    """Recorded frames that hold no image: a non-finite pixel (NaN, inf), or every pixel equal (blank).
+
+    They are found while streaming and then handled like damaged frames
+    (``downsampling.on_damaged_frames``): interpolated like dropped frames, or the job stops.
+    Frame numbers are 0-based indices of the session's time grid.
+    """
+
+    def __init__(self, label: str):
+        self.label = label
+        self.nonfinite: list[int] = []
+        self.blank: list[int] = []
+
+    def find(self, chunk: np.ndarray, start: int, dropped: np.ndarray | None) -> np.ndarray:
+        """Flag the unusable frames of ``chunk`` (frames ``start``...); ``dropped`` frames are not judged."""
+        flat = chunk.reshape(chunk.shape[0], -1)
+        if chunk.dtype.kind == "f":
+            nonfinite = ~np.isfinite(flat).all(axis=1)
+        else:
+            nonfinite = np.zeros(chunk.shape[0], bool)
+        with np.errstate(invalid="ignore"):
+            blank = flat.min(axis=1) == flat.max(axis=1)
+        if dropped is not None:
+            nonfinite &= ~dropped
+            blank &= ~dropped
+        blank &= ~nonfinite
+        self.nonfinite += (start + np.flatnonzero(nonfinite)).tolist()
+        self.blank += (start + np.flatnonzero(blank)).tolist()
+        return nonfinite | blank
+
+    def describe(self) -> str:
+        """``"3 frame(s) with NaN or infinite pixels (5-6, 40); 2 blank frame(s) (every pixel equal: 90-91)"``."""
+        parts = []
+        if self.nonfinite:
+            parts.append(f"{len(self.nonfinite)} frame(s) with NaN or infinite pixels ({frame_ranges(self.nonfinite)})")
+        if self.blank:
+            parts.append(f"{len(self.blank)} blank frame(s) (every pixel equal: {frame_ranges(self.blank)})")
+        return "; ".join(parts)
+
+    def check(self, n_recorded: int, policy: str) -> None:
+        """Raise when no recorded frame is usable, or when there are any and ``policy`` is 'fail'."""
+        n_bad = len(self.nonfinite) + len(self.blank)
+        if not n_bad:
+            return
+        if n_bad >= n_recorded:
+            raise InputError(f"{self.label}: no usable frame: all {n_recorded} recorded frames are unusable: "
+                             f"{self.describe()}. A black or constant session holds no image; check the "
+                             "recording (camera, LED, file export)")
+        if policy == "fail":
+            raise InputError(f"{self.label}: {self.describe()} (0-based frame numbers of the session). Replace "
+                             "the recording, or set downsampling.on_damaged_frames: drop to interpolate them "
+                             "like dropped frames")
+        log.warning("%s: %s, treated as dropped and interpolated (0-based frame numbers)", self.label, self.describe())
+
+
 def _dropped_mask(dropped: np.ndarray, start: int, n: int) -> np.ndarray:
     mask = np.zeros(n, dtype=bool)
     lo, hi = np.searchsorted(dropped, [start, start + n])
@@ -133,13 +190,13 @@ def _dropped_mask(dropped: np.ndarray, start: int, n: int) -> np.ndarray:
 
 
 def _stream(source: MovieSource, writer: FrameWriter, s: int, k: int, n_read: int,
-            label: str, damaged: np.ndarray, resampler: TimeResampler | None = None
-            ) -> tuple[int, int, list[np.ndarray], list[int]]:
-    """Read, downsample, fill dropped and ``damaged`` (grid indices) frames, resample in time
-    (``resampler``) and hand blocks to ``writer``.
+            label: str, damaged: np.ndarray, resampler: TimeResampler | None = None,
+            policy: str = "drop") -> tuple[int, _UnusableFrames, list[np.ndarray], list[int]]:
+    """Read, downsample, fill dropped, ``damaged`` (grid indices) and unusable frames, resample
+    in time (``resampler``) and hand blocks to ``writer``.
 
-    Returns raw frames read, non-finite measured pixels, block timestamps, filled indices
-    (before resampling).
+    Returns raw frames read, the unusable frames found (``policy`` applied, see
+    :class:`_UnusableFrames`), block timestamps, filled indices (before resampling).
     """
     def emit(blocks):
         for block in blocks:
@@ -151,14 +208,17 @@ def _stream(source: MovieSource, writer: FrameWriter, s: int, k: int, n_read: in
     filler = _DroppedFiller(MOVIE_CHUNKS[0], label)
     t0 = last_report = time.monotonic()
     n_raw = 0
-    nonfinite = 0
+    unusable = _UnusableFrames(label)
     ts_out: list[np.ndarray] = []
     for start, chunk in source.iter_chunks(n_read):
         n = chunk.shape[0]
-        valid = None
-        if dropped.size:
-            mask = _dropped_mask(dropped, start, n)
-            valid = ~mask if mask.any() else None
+        mask = _dropped_mask(dropped, start, n) if dropped.size else None
+        bad = unusable.find(chunk, start, mask)
+        if mask is not None or bad.any():
+            lost = bad if mask is None else (mask | bad)
+            valid = ~lost if lost.any() else None
+        else:
+            valid = None
         times = source.timestamps[start:start + n] if source.timestamps is not None else None
         small, block_times = downsample(chunk, s, k, valid=valid, timestamps=times)
         del chunk
@@ -166,9 +226,6 @@ def _stream(source: MovieSource, writer: FrameWriter, s: int, k: int, n_read: in
             ts_out.append(block_times)
         missing = (np.zeros(small.shape[0], bool) if valid is None
                    else np.add.reduceat(valid.astype(np.int32), np.arange(0, n, k)) == 0)
-        if source.native_dtype == np.float32:
-            measured = small[~missing] if missing.any() else small
-            nonfinite += int(measured.size - np.count_nonzero(np.isfinite(measured)))
         emit(filler.feed(small, missing))
         n_raw += n
         now = time.monotonic()
@@ -177,8 +234,9 @@ def _stream(source: MovieSource, writer: FrameWriter, s: int, k: int, n_read: in
             eta = (t_claim - n_raw) / rate if rate > 0 and t_claim > n_raw else 0.0
             log.info("ingest %s: %d/%d frames, %.0f frames/s, ETA %.0f s", label, n_raw, t_claim, rate, eta)
             last_report = now
+    unusable.check(n_raw - int(dropped.size), policy)
     emit(filler.finish())
-    return n_raw, nonfinite, ts_out, filler.filled
+    return n_raw, unusable, ts_out, filler.filled
 
 
 def _ds_option(params: Mapping | None, key: str):
@@ -247,7 +305,8 @@ def ingest_source(source: MovieSource, out_path, *, spatial_ds: int = 1, tempora
         fps, fps_from = float(default_fps), "default (general.sf)"
         log.warning("%s: no timestamps and no frame rate given; using the default %.3f fps", label, fps)
     dropped = source.dropped
-    damaged, damaged_grid = _damaged_frames(source, label, on_damaged_frames or _ds_option(params, "on_damaged_frames"))
+    policy = on_damaged_frames or _ds_option(params, "on_damaged_frames")
+    damaged, damaged_grid = _damaged_frames(source, label, policy)
     resampler = _resampler(label, None if fps is None else fps / k,
                            target_fps if target_fps is not None else _ds_option(params, "target_fps"))
     out_claim = max(math.ceil(t_claim / k), 1)
@@ -258,7 +317,8 @@ def ingest_source(source: MovieSource, out_path, *, spatial_ds: int = 1, tempora
         movie = create_movie(group, "movie", (max(out_claim, MOVIE_CHUNKS[0]), h, w))
         writer = FrameWriter(movie, movie.chunks[0])
         try:
-            n_raw, nonfinite, ts_out, filled = _stream(source, writer, s, k, n_read, label, damaged_grid, resampler)
+            n_raw, unusable, ts_out, filled = _stream(source, writer, s, k, n_read, label, damaged_grid, resampler,
+                                                      policy)
             n_out = writer.close()
         finally:
             writer.stop()
@@ -270,8 +330,6 @@ def ingest_source(source: MovieSource, out_path, *, spatial_ds: int = 1, tempora
             timestamps = first + np.arange(n_out) * (resampler.step * k / fps)
         if timestamps is not None:
             create_image(group, "timestamps", timestamps.astype(np.float64))
-        if nonfinite:
-            log.warning("%s: %d non-finite pixel values in recorded frames were kept as they are", label, nonfinite)
         meta = source.metadata
         out_fps = None if fps is None else fps / k / (resampler.step if resampler is not None else 1.0)
         attrs = {
@@ -299,7 +357,8 @@ def ingest_source(source: MovieSource, out_path, *, spatial_ds: int = 1, tempora
                        "first_s": None if timestamps is None else float(timestamps[0]),
                        "last_s": None if timestamps is None else float(timestamps[-1]),
                        "start_s": meta.get("start_s")},
-            "nonfinite_pixels": nonfinite,
+            "nonfinite_frames": unusable.nonfinite,
+            "blank_frames": unusable.blank,
             "chunk_frames": int(n_read),
             **recording_start(meta, list(source.files), label),
         }

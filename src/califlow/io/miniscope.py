@@ -31,6 +31,7 @@ from califlow.io.video import VideoReader
 __all__ = [
     "V4_TIMESTAMPS",
     "V3_TIMESTAMPS",
+    "check_chunk_numbering",
     "is_miniscope_v4",
     "is_miniscope_v3",
     "miniscope_device_folder",
@@ -102,6 +103,18 @@ def _numbered(files: list[Path], pattern: re.Pattern, first: int, folder: Path) 
         raise InputError(f"{folder}: chunk files are not numbered {first}..{first + len(nums) - 1} "
                          f"(missing {missing[:5]}{'...' if len(missing) > 5 else ''}, found {[p.name for p in files][:8]}); "
                          f"a missing chunk would shift every later frame in time")
+
+
+def check_chunk_numbering(folder: Path) -> None:
+    """Raise :class:`InputError` when a V4 (``0.avi``...) or V3 (``msCam1.avi``...) folder misses a chunk.
+
+    Cheap (file names only): run before any job, so a missing middle chunk stops the run up front.
+    """
+    folder = Path(folder)
+    if is_miniscope_v4(folder):
+        _numbered(_chunks(folder, _V4_CHUNK), _V4_CHUNK, 0, folder)
+    elif is_miniscope_v3(folder):
+        _numbered(_chunks(folder, _V3_CHUNK), _V3_CHUNK, 1, folder)
 
 
 def read_v4_timestamps(path: Path) -> tuple[np.ndarray, np.ndarray | None]:

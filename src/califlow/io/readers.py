@@ -15,8 +15,8 @@ from pathlib import Path
 from califlow.errors import InputError
 from califlow.io.hdf5 import open_inscopix_h5, open_nwb
 from califlow.io.isxd import read_isxd_movie
-from califlow.io.miniscope import (V3_TIMESTAMPS, V4_TIMESTAMPS, is_miniscope_v3, is_miniscope_v4,
-                                   miniscope_device_folder, open_miniscope_v3, open_miniscope_v4)
+from califlow.io.miniscope import (V3_TIMESTAMPS, V4_TIMESTAMPS, check_chunk_numbering, is_miniscope_v3,
+                                   is_miniscope_v4, miniscope_device_folder, open_miniscope_v3, open_miniscope_v4)
 from califlow.io.sources import FrameReader, MovieSource, natural_sorted
 from califlow.io.tiff import TiffReader
 from califlow.io.video import VideoReader
@@ -138,11 +138,22 @@ def probe_recording(path: str | os.PathLike, *, file_extension: str = "avi") -> 
                              f"TIFF, .isxd, .h5/.hdf5, .nwb, or a folder of chunks)")
         if p.stat().st_size == 0:
             raise InputError(f"{p}: the file is empty (0 bytes)")
+        _check_readable([p])
         return
-    if is_miniscope_v4(p) or is_miniscope_v3(p) or miniscope_device_folder(p) is not None:
+    try:
+        entries = list(p.iterdir())
+    except PermissionError:
+        raise InputError(f"{p}: the folder cannot be listed (permission denied); give this user read and "
+                         "execute rights on it (chmod u+rx)") from None
+    if is_miniscope_v4(p) or is_miniscope_v3(p):
+        check_chunk_numbering(p)
+        _check_readable([f for f in entries if f.is_file() and f.suffix.lower() in (".avi", ".csv", ".json", ".dat")])
         return
+    device = miniscope_device_folder(p)
+    if device is not None:
+        return probe_recording(device, file_extension=file_extension)
     ext = "." + file_extension.lower()
-    chunks = [f for f in p.iterdir() if f.is_file() and f.suffix.lower() == ext and not f.name.startswith(".")]
+    chunks = [f for f in entries if f.is_file() and f.suffix.lower() == ext and not f.name.startswith(".")]
     if not chunks:
         present = sorted({f.suffix.lower() for f in p.iterdir() if f.is_file()})
         raise InputError(f"{p}: no *{ext} chunk files in the folder (file types present: {present or 'none'}; "
@@ -150,6 +161,22 @@ def probe_recording(path: str | os.PathLike, *, file_extension: str = "avi") -> 
     empty = [f.name for f in chunks if f.stat().st_size == 0]
     if empty:
         raise InputError(f"{p}: chunk file(s) {', '.join(sorted(empty))} are empty (0 bytes)")
+    _check_readable(chunks)
+
+
+def _check_readable(files: list[Path]) -> None:
+    """Open each file for reading (a real open: permission bits, ACLs, root without CAP_DAC_OVERRIDE)."""
+    denied = []
+    for f in files:
+        try:
+            with open(f, "rb"):
+                pass
+        except PermissionError:
+            denied.append(f)
+    if denied:
+        names = ", ".join(str(f) for f in denied[:5]) + (f" and {len(denied) - 5} more" if len(denied) > 5 else "")
+        raise InputError(f"{names}: cannot be read (permission denied); give this user read rights "
+                         "(chmod u+r) or run as the files' owner")
 
 
 def open_movie(path: str | os.PathLike, *, file_extension: str = "avi", fps: float | None = None) -> MovieSource:

@@ -444,6 +444,17 @@ def _build_template(refs: np.ndarray, max_shift: float, iterations: int, min_qua
     return template
 
 
+def _nonfinite_frames_error(name: str, movie, chunk_frames: int) -> InputError:
+    """The error for a movie with NaN/inf frames: scans the whole movie, names all of them as ranges."""
+    from califlow.io.damage import frame_ranges
+
+    bad: list[int] = []
+    for a in range(0, int(movie.shape[0]), chunk_frames):
+        frames = read_frames(movie, slice(a, min(int(movie.shape[0]), a + chunk_frames)))
+        bad += (a + np.flatnonzero(~np.isfinite(frames.reshape(frames.shape[0], -1)).all(axis=1))).tolist()
+    return InputError(f"{name}: {len(bad)} frame(s) contain NaN or infinite values (0-based): {frame_ranges(bad)}")
+
+
 def estimate_rigid_motion(movie, *, reference: str = "BV", bv_size=(1.5, 2.25), gsig: float = 2.5,
                           max_shift: float = 20.0, template_frames: int = 300,
                           template_iterations: int = 2, min_quality_ratio: float = 0.5,
@@ -483,8 +494,7 @@ def estimate_rigid_motion(movie, *, reference: str = "BV", bv_size=(1.5, 2.25), 
     idx = sample_indices(T, template_frames)
     sample = read_frames(movie, idx)
     if not np.all(np.isfinite(sample)):
-        bad = idx[np.unique(np.nonzero(~np.isfinite(sample))[0])]
-        raise InputError(f"{name}: frame(s) {bad[:10].tolist()} contain NaN or infinite values")
+        raise _nonfinite_frames_error(name, movie, chunk_frames)
     maker = ReferenceMaker(reference, sample, bv_size, gsig)
     refs = maker(sample)
     if not keep_sample:
@@ -500,8 +510,7 @@ def estimate_rigid_motion(movie, *, reference: str = "BV", bv_size=(1.5, 2.25), 
         b = min(T, a + chunk_frames)
         frames = read_frames(movie, slice(a, b))
         if not np.all(np.isfinite(frames)):
-            bad = a + np.unique(np.nonzero(~np.isfinite(frames))[0])
-            raise InputError(f"{name}: frame(s) {bad[:10].tolist()} contain NaN or infinite values")
+            raise _nonfinite_frames_error(name, movie, chunk_frames)
         shifts[a:b], quality[a:b], bound[a:b] = matcher.match(maker(frames))
         if progress is not None:
             progress.update(b - a)
