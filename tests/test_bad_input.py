@@ -387,3 +387,40 @@ def test_sigterm_during_each_rule_removes_partial_output_and_resumes(tmp_path):
                 "concatenate", "cnmfe", "export_session", "events_table", "qc_animal", "qc_seeds", "spike_extraction"}
     assert expected <= killed, sorted(expected - killed)
     assert (work / "results" / "m1" / "cnmfe.zarr").exists()
+
+
+def test_read_only_results_fail_cleanly(tmp_path):
+    path = write_avi(tmp_path / "a.avi", movie_u8(20, 24, 24))
+    work = make_workdir(tmp_path / "work", sheet=_sheet([("m1", "s1", path)]))
+    (work / "results" / "m1" / "sessions" / "s1").mkdir(parents=True)
+    for d in ((work / "results" / "m1" / "sessions" / "s1"), (work / "results" / "m1" / "sessions"),
+              (work / "results" / "m1"), (work / "results")):
+        d.chmod(0o555)
+    cmd = _without_dac_override(snakemake_cmd(work, INGEST, cores=1))
+    if cmd is None:
+        pytest.skip("cannot drop CAP_DAC_OVERRIDE here (root without setpriv)")
+    proc = subprocess.run(cmd, cwd=work, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=300,
+                          env=dict(os.environ, XDG_CACHE_HOME=str(work / ".cache")))
+    for d in work.joinpath("results").rglob("*"):
+        d.chmod(0o755)
+    assert proc.returncode != 0
+    assert "cannot write results/m1/sessions/s1/ingest.zarr: permission denied in results/m1/sessions/s1 " \
+           "(a read-only results folder?)" in proc.stdout, proc.stdout[-2000:]
+    assert [p.name for p in (work / "results" / "m1" / "sessions" / "s1").iterdir()] == []
+
+
+def test_a_second_run_in_the_same_folder_is_refused_while_the_first_runs(tmp_path):
+    work = make_workdir(tmp_path / "work", sheet=_sim_tiffs(tmp_path, [(96, 96)]))
+    env = dict(os.environ, XDG_CACHE_HOME=str(work / ".cache"))
+    first = subprocess.Popen(snakemake_cmd(work, cores=1), cwd=work, env=env, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 300
+        while not _script_jobs(work) and first.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert first.poll() is None, "the first run ended before a job started"
+        second = run_snakemake(work, cores=1, check=False, timeout=300)
+        assert second.returncode != 0 and "Directory cannot be locked" in second.stdout, second.stdout[-2000:]
+    finally:
+        first.terminate()
+        first.wait(timeout=120)

@@ -2,7 +2,7 @@
 
 from califlow.params import ConfigError
 
-__all__ = ["CaliflowError", "InputError", "ConfigError", "OutOfSpaceError"]
+__all__ = ["CaliflowError", "InputError", "ConfigError", "OutOfSpaceError", "OutputPermissionError"]
 
 
 class CaliflowError(Exception):
@@ -21,4 +21,11 @@ class OutOfSpaceError(CaliflowError, OSError):
 
     The message names the output, the bytes it needed (or had written when the disk filled)
     and the bytes that were free. Nothing half-written is left behind.
+    """
+
+
+class OutputPermissionError(CaliflowError, PermissionError):
+    """An output cannot be written where it belongs (a read-only results folder).
+
+    The message names the output and the folder; nothing half-written is left behind.
     """

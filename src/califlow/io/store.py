@@ -24,7 +24,7 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec
 
-from califlow.errors import OutOfSpaceError
+from califlow.errors import OutOfSpaceError, OutputPermissionError
 
 __all__ = [
     "MOVIE_CHUNKS",
@@ -119,6 +119,16 @@ def _out_of_space(final: Path, written: int, needed: int | None, exc: BaseExcept
                            f"({type(exc).__name__}: {exc}); free space or point the results elsewhere")
 
 
+def _writing_fails(exc: BaseException, tmp: Path) -> bool:
+    """True for a PermissionError on the temporary output (or inside it, or on its folder)."""
+    failed = getattr(exc, "filename", None)
+    if not isinstance(exc, PermissionError) or isinstance(exc, OutputPermissionError) or failed is None:
+        return False
+    failed = Path(os.fsdecode(failed)).absolute()
+    tmp = tmp.absolute()
+    return failed == tmp.parent or failed == tmp or tmp in failed.parents
+
+
 @contextlib.contextmanager
 def atomic_output(path: str | os.PathLike, needed_bytes: int | None = None) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it to ``path`` on success.
@@ -157,6 +167,11 @@ def atomic_output(path: str | os.PathLike, needed_bytes: int | None = None) -> I
     try:
         yield tmp
     except BaseException as exc:
+        if _writing_fails(exc, tmp):
+            _remove(tmp)
+            raise OutputPermissionError(errno.EACCES, f"cannot write {final}: permission denied in {final.parent} "
+                                        f"(a read-only results folder?); make it writable for this user or point "
+                                        f"the results elsewhere ({exc})") from exc
         if not is_out_of_space(exc) or isinstance(exc, OutOfSpaceError):
             _remove(tmp)
             raise
