@@ -129,7 +129,10 @@ def test_collapse_and_silent_sessions_are_reported():
     assert any("no neuron is active in session(s) day2" in x for x in w), w
     assert extraction_warnings(80, 78, np.ones((78, 2), bool), ["a", "b"], opts, diameter=5.0) == []
     none = extraction_warnings(0, 0, np.zeros((0, 2), bool), ["a", "b"], opts)
-    assert len(none) == 1 and "no seed" in none[0] and "califlow seeds" in none[0]
+    assert len(none) == 2 and "no seed" in none[0] and "califlow seeds" in none[0]
+    assert "the result is empty" in none[1] and "exports are valid files with no cell" in none[1]
+    few = extraction_warnings(4, 0, np.zeros((0, 2), bool), ["a", "b"], opts)  # too few seeds to call it a collapse
+    assert len(few) == 1 and "the result is empty: no neuron was extracted (4 seed(s) passed" in few[0], few
 
 
 def test_seeding_figure_counts_the_seeds_cnmfe_uses(sweep_animal, tmp_path):

@@ -61,7 +61,10 @@ def extraction_warnings(n_seeds: int, n_neurons: int, active: np.ndarray, sessio
                          "(califlow seeds shows the candidates)")
         out.append(f"{head}CNMF-E collapsed: {n_seeds} seeds passed {thresholds} but only {n_neurons} neuron(s) "
                    f"survived initialisation and refinement; {cause}")
-    if n_neurons:
+    if n_neurons == 0:
+        out.append(f"{head}the result is empty: no neuron was extracted ({n_seeds} seed(s) passed {thresholds}); "
+                   "the NWB, .isxd and CSV exports are valid files with no cell")
+    else:
         silent = [n for n, k in zip(session_names, np.asarray(active, bool).sum(axis=0)) if k == 0]
         if silent:
             out.append(f"{head}no neuron is active in session(s) {', '.join(silent)} "
