@@ -7,6 +7,7 @@ Layout (one file per session, as NWB/DANDI expect):
 - ``processing/ophys/ImageSegmentation/PlaneSegmentation``: footprints ``image_mask``
   (K, H, W) in the aligned (cross-session) frame, columns ``global_roi_id`` (the cell's id,
   identical in every session of the animal), ``present`` (active in this session), ``snr``;
+  with no cell (K = 0) there is no ImageSegmentation, no trace and no event;
 - ``processing/ophys/Fluorescence``: ``RoiResponseSeries`` (raw trace, C_raw), ``Denoised``
   (C) and ``Deconvolved`` (S), all (T, K) — time first;
 - ``processing/ophys/SpikeEvents``: one row per cell with ragged ``event_times`` (s) and
@@ -104,7 +105,7 @@ def write_session_nwb(path: str | Path, session: NWBSession, metadata: dict) -> 
     from pynwb.file import Subject
     from pynwb.base import Images
     from pynwb.image import GrayscaleImage
-    from pynwb.ophys import ImageSegmentation, OnePhotonSeries, OpticalChannel
+    from pynwb.ophys import OnePhotonSeries, OpticalChannel
 
     from califlow import __version__
     from califlow.io.store import atomic_output
@@ -151,25 +152,8 @@ def write_session_nwb(path: str | Path, session: NWBSession, metadata: dict) -> 
             rate=float(session.raw_fps or session.fps), unit="n.a.", num_samples=int(sum(counts)),
         ))
     ophys = nwb.create_processing_module(name="ophys", description="califlow cross-session extraction")
-    seg = ImageSegmentation(name="ImageSegmentation")
-    ophys.add(seg)
-    ps = seg.create_plane_segmentation(
-        name="PlaneSegmentation", imaging_plane=plane,
-        description=session.description or "CNMF-E footprints in the aligned frame, shared by all sessions.",
-    )
-    columns = (("global_roi_id", "cell id shared by every session of the animal", np.int64),
-               ("present", "cell active in this session", bool),
-               ("snr", "signal-to-noise ratio of the cell's trace", np.float64))
-    for name, desc, dtype in columns:  # typed empty columns: an extraction may have no cell
-        ps.add_column(name, desc, **({} if K else {"data": np.zeros(0, dtype)}))
-    if K == 0:
-        ps.add_column("image_mask", "footprint of the cell in the aligned frame (none here)",
-                      data=np.zeros((0, *session.footprints.shape[1:]), np.float32))
-    for k in range(K):
-        ps.add_roi(image_mask=session.footprints[k].astype(np.float32), global_roi_id=int(session.cell_ids[k]),
-                   present=bool(session.present[k]), snr=float(session.snr[k]))
-    if K:  # no cell, no traces: an empty extraction has only the (empty) segmentation
-        _add_traces(ophys, ps, session)
+    if K:  # no cell: no ImageSegmentation (NWB requires a PlaneSegmentation in it, and empty tables
+        _add_cells(ophys, plane, session)  # fail nwbinspector's checks); the images are still written
     if session.images:
         imgs = Images(name="SegmentationImages", description="summary images of the session (aligned frame)")
         for name, img in session.images.items():
@@ -180,6 +164,25 @@ def write_session_nwb(path: str | Path, session: NWBSession, metadata: dict) -> 
         with NWBHDF5IO(str(tmp), "w") as io:
             io.write(nwb)
     return path
+
+
+def _add_cells(ophys, plane, session) -> None:
+    """The ImageSegmentation (footprints, global_roi_id, present, snr) and the traces of K >= 1 cells."""
+    from pynwb.ophys import ImageSegmentation
+
+    seg = ImageSegmentation(name="ImageSegmentation")
+    ophys.add(seg)
+    ps = seg.create_plane_segmentation(
+        name="PlaneSegmentation", imaging_plane=plane,
+        description=session.description or "CNMF-E footprints in the aligned frame, shared by all sessions.",
+    )
+    ps.add_column("global_roi_id", "cell id shared by every session of the animal")
+    ps.add_column("present", "cell active in this session")
+    ps.add_column("snr", "signal-to-noise ratio of the cell's trace")
+    for k in range(session.footprints.shape[0]):
+        ps.add_roi(image_mask=session.footprints[k].astype(np.float32), global_roi_id=int(session.cell_ids[k]),
+                   present=bool(session.present[k]), snr=float(session.snr[k]))
+    _add_traces(ophys, ps, session)
 
 
 def _add_traces(ophys, ps, session) -> None:
