@@ -329,6 +329,12 @@ def test_mixed_frame_rates_are_resampled_to_target_fps(tmp_path):
 
 # --- SIGTERM (a cluster's time limit, scancel) during each rule ----------------------------
 
+def _handles_sigterm(pid: int) -> bool:
+    status = Path(f"/proc/{pid}/status").read_text()
+    caught = int(next(line.split()[1] for line in status.splitlines() if line.startswith("SigCgt:")), 16)
+    return bool(caught & (1 << (signal.SIGTERM - 1)))
+
+
 def _script_jobs(work: Path) -> dict[int, str]:
     """Running Snakemake script jobs in ``work`` whose SIGTERM handler is installed: {pid: script name}."""
     found = {}
@@ -339,14 +345,27 @@ def _script_jobs(work: Path) -> dict[int, str]:
             cmd = (d / "cmdline").read_bytes().split(b"\0")
             if len(cmd) < 2 or not Path(cmd[0].decode()).name.startswith("python") or os.readlink(d / "cwd") != str(work):
                 continue
-            status = (d / "status").read_text()
-        except (OSError, UnicodeDecodeError):
+            script = Path(cmd[1].decode())
+            if ".snakemake/scripts" in str(script) and _handles_sigterm(int(d.name)):
+                found[int(d.name)] = script.name.split(".", 1)[1].removesuffix(".py")
+        except (OSError, UnicodeDecodeError, StopIteration):
             continue
-        script = Path(cmd[1].decode())
-        caught = int(next(line.split()[1] for line in status.splitlines() if line.startswith("SigCgt:")), 16)
-        if ".snakemake/scripts" in str(script) and caught & (1 << (signal.SIGTERM - 1)):
-            found[int(d.name)] = script.name.split(".", 1)[1].removesuffix(".py")
     return found
+
+
+def _terminate(pid: int) -> bool:
+    """SIGTERM ``pid`` while its handler is surely installed (stopped, checked, signalled, resumed)."""
+    try:
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            if not _handles_sigterm(pid):
+                return False
+            os.kill(pid, signal.SIGTERM)
+            return True
+        finally:
+            os.kill(pid, signal.SIGCONT)
+    except (OSError, StopIteration):
+        return False
 
 
 def _run_until_terminated(work: Path, killed: set[str]) -> tuple[subprocess.Popen, str | None, str]:
@@ -358,8 +377,7 @@ def _run_until_terminated(work: Path, killed: set[str]) -> tuple[subprocess.Pope
     deadline = time.monotonic() + 600
     while proc.poll() is None and victim is None and time.monotonic() < deadline:
         for pid, script in _script_jobs(work).items():
-            if script not in killed:
-                os.kill(pid, signal.SIGTERM)
+            if script not in killed and _terminate(pid):
                 victim = script
                 break
         time.sleep(0.01)

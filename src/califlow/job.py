@@ -71,7 +71,8 @@ def workflow_job(smk) -> Iterator[logging.Logger]:
     """
     log_path = smk.log[0] if smk.log else None
     try:
-        with sigterm_raises(), script_logging(log_path, blame=lambda: job_sources(smk)) as log:
+        # the log is open before SIGTERM is handled, so a terminated job always says so in its log
+        with script_logging(log_path, blame=lambda: job_sources(smk)) as log, sigterm_raises():
             yield log
     except JobTerminated:
         raise SystemExit(TERMINATED_STATUS) from None

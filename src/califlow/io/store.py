@@ -8,6 +8,7 @@ store behind under the final name. Movies are (T, H, W) float32 arrays chunked a
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import glob
@@ -55,6 +56,34 @@ def compressor(level: int = 3) -> BloscCodec:
 def _tmp_name(path: Path) -> Path:
     # keep the suffix last so format checks by extension (.nwb, .zarr, .isxd) still hold
     return path.with_name(f".{path.stem}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}{path.suffix}")
+
+
+def _drain_zarr_io(timeout_s: float = 5.0) -> None:
+    """Wait until zarr's IO event loop finishes the tasks that an interrupted call left running.
+
+    A zarr write interrupted in the calling thread (SIGTERM, out of space) goes on in zarr's
+    IO thread and may recreate chunk files after the temporary output was removed. zarr has
+    no public hook for this; without its loop (other versions) this does nothing.
+    """
+    try:
+        from zarr.core import sync as zarr_sync
+
+        io_loop = zarr_sync.loop[0]
+    except (ImportError, AttributeError, IndexError):
+        return
+    if io_loop is None or not io_loop.is_running():
+        return
+
+    async def _others_done() -> None:
+        me = asyncio.current_task()
+        pending = [t for t in asyncio.all_tasks() if t is not me]
+        if pending:
+            await asyncio.wait(pending, timeout=timeout_s)
+
+    try:
+        asyncio.run_coroutine_threadsafe(_others_done(), io_loop).result(timeout_s + 1.0)
+    except Exception:  # noqa: BLE001 - best effort; the removal below runs regardless
+        pass
 
 
 def _remove(path: Path, settle_s: float = 0.0) -> None:
@@ -167,6 +196,7 @@ def atomic_output(path: str | os.PathLike, needed_bytes: int | None = None) -> I
     try:
         yield tmp
     except BaseException as exc:
+        _drain_zarr_io()
         if _writing_fails(exc, tmp):
             _remove(tmp)
             raise OutputPermissionError(errno.EACCES, f"cannot write {final}: permission denied in {final.parent} "
