@@ -133,7 +133,12 @@ def run_spikes(args, workdir: Path) -> None:
     print(f"  as written:                            {scores(g['C'][...], g['S'][...])}")
     for label, extra in (("fudge_factor 0.96 (CaImAn)", {"fudge_factor": 0.96}),
                          ("fudge_factor 1.0", {"fudge_factor": 1.0}),
-                         ("no refit of g (optimize_pars false)", {"optimize_pars": False})):
+                         ("no refit of g (optimize_pars false)", {"optimize_pars": False}),
+                         ("AR(1)", {"type": "ar1"}),
+                         ("thresholded (L0)", {"method": "thresholded"}),
+                         ("thresholded, smin -1 (1 sn)", {"method": "thresholded", "smin": -1}),
+                         ("foopsi, smin -2 (2 sn)", {"method": "foopsi", "smin": -2}),
+                         ("foopsi, smin -3 (3 sn)", {"method": "foopsi", "smin": -3})):
         print(f"  {label:38s} {final(**extra)}")
     # oracle: each matched neuron deconvolved with its true AR(2) roots (from tau_rise, tau_decay)
     C, S = np.zeros_like(raw), np.zeros_like(raw)
