@@ -518,30 +518,7 @@ def _ar2_linear(x, obs, b, g1, g2, lam, h, bufs, n, c, dl, db):
             d1 = dt
             q2 = q1
             q1 = qt
-    rss = 0.0
-    sr = 0.0
-    sq = 0.0
-    sd = 0.0
-    srq = 0.0
-    sqq = 0.0
-    srd = 0.0
-    sqd = 0.0
-    sdd = 0.0
-    for tt in range(T):
-        if obs[tt]:
-            r = x[tt] - b - c[tt]
-            dd = dl[tt]
-            qq = 1.0 + db[tt]
-            rss += r * r
-            sr += r
-            sq += qq
-            sd += dd
-            srq += r * qq
-            sqq += qq * qq
-            srd += r * dd
-            sqd += qq * dd
-            sdd += dd * dd
-    return rss, sr, sq, sd, srq, sqq, srd, sqd, sdd
+    return _residual_sums(x, obs, b, c, dl, db)
 
 
 @numba.njit(cache=True, nogil=True)
