@@ -110,11 +110,11 @@ def _blamed(blame: Callable[[], str] | None) -> str:
 
 def _close_handlers(logger: logging.Logger, handlers: list[logging.Handler], stream, quiet: bool) -> None:
     """Detach and flush ``handlers``; with ``quiet``, an unwritable log (disk full) does not mask the job's error."""
-    with contextlib.ExitStack() as stack:
-        if quiet:
-            stack.enter_context(contextlib.suppress(OSError))
-        for h in handlers:
-            logger.removeHandler(h)
+    guard = contextlib.suppress(OSError) if quiet else contextlib.nullcontext()
+    for h in handlers:
+        logger.removeHandler(h)
+        with guard:
             h.flush()
-        if stream is not None:
+    if stream is not None:
+        with guard:
             stream.close()
