@@ -213,12 +213,10 @@ def _stream(source: MovieSource, writer: FrameWriter, s: int, k: int, n_read: in
     for start, chunk in source.iter_chunks(n_read):
         n = chunk.shape[0]
         mask = _dropped_mask(dropped, start, n) if dropped.size else None
-        bad = unusable.find(chunk, start, mask)
-        if mask is not None or bad.any():
-            lost = bad if mask is None else (mask | bad)
-            valid = ~lost if lost.any() else None
-        else:
-            valid = None
+        lost = unusable.find(chunk, start, mask)
+        if mask is not None:
+            lost |= mask
+        valid = ~lost if lost.any() else None
         times = source.timestamps[start:start + n] if source.timestamps is not None else None
         small, block_times = downsample(chunk, s, k, valid=valid, timestamps=times)
         del chunk
