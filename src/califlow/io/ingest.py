@@ -143,12 +143,9 @@ class _UnusableFrames:
     def find(self, chunk: np.ndarray, start: int, dropped: np.ndarray | None) -> np.ndarray:
         """Flag the unusable frames of ``chunk`` (frames ``start``...); ``dropped`` frames are not judged."""
         flat = chunk.reshape(chunk.shape[0], -1)
-        if chunk.dtype.kind == "f":
-            nonfinite = ~np.isfinite(flat).all(axis=1)
-        else:
-            nonfinite = np.zeros(chunk.shape[0], bool)
-        with np.errstate(invalid="ignore"):
-            blank = flat.min(axis=1) == flat.max(axis=1)
+        lo, hi = flat.min(axis=1), flat.max(axis=1)  # two passes: NaN propagates, inf is an extreme
+        nonfinite = ~(np.isfinite(lo) & np.isfinite(hi)) if chunk.dtype.kind == "f" else np.zeros(lo.shape, bool)
+        blank = lo == hi
         if dropped is not None:
             nonfinite &= ~dropped
             blank &= ~dropped

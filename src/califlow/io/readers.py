@@ -155,7 +155,7 @@ def probe_recording(path: str | os.PathLike, *, file_extension: str = "avi") -> 
     ext = "." + file_extension.lower()
     chunks = [f for f in entries if f.is_file() and f.suffix.lower() == ext and not f.name.startswith(".")]
     if not chunks:
-        present = sorted({f.suffix.lower() for f in p.iterdir() if f.is_file()})
+        present = sorted({f.suffix.lower() for f in entries if f.is_file()})
         raise InputError(f"{p}: no *{ext} chunk files in the folder (file types present: {present or 'none'}; "
                          f"set downsampling.file_extension to the extension of the recording's chunks)")
     empty = [f.name for f in chunks if f.stat().st_size == 0]
