@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from califlow.align import align_sessions, map_points, residual_misalignment
+from califlow.align import align_options, align_sessions, map_points, residual_misalignment
 from califlow.align.simulated import footprint_centroids, projections_from_ground_truth
 from califlow.simulate import preset, simulate_animal
 
@@ -54,13 +54,14 @@ def accuracy() -> None:
     for label, sim_over, proj_over in cases:
         name = label.split()[0]
         print(f"\n### {label}: preset {name!r} {SIM} {sim_over}, projections {proj_over or 'default'}")
-        print("| seed | stage | GT median | GT p95 | footprints median | footprints p95 | neurons | path | BV score | s |")
+        print("| seed | stage | GT median | GT p95 | footprints median | footprints p95 | neurons | path "
+              "| BV score | s |")
         print("|---|---|---|---|---|---|---|---|---|---|")
         for seed in (0, 1, 2):
             gt = animal(name, seed, **sim_over)
             proj, origins = projections_from_ground_truth(gt, seed=seed, crop_jitter=3, **proj_over)
             t0 = time.perf_counter()
-            al = align_sessions(proj, final_neurons=True, max_fov_loss=0.5)
+            al = align_sessions(proj, None, align_options(final_neurons=True, max_fov_loss=0.5))
             el = time.perf_counter() - t0
             truth = gt.centers_session() - origins[:, None, :]
             seen = footprint_centroids(gt, origins)
@@ -117,7 +118,8 @@ def engines() -> None:
             lambda s: demons_register(warped[0][0], warped[s][0], warped[0][1], warped[s][1], levels))
         run("Farneback (OpenCV, fused image)", lambda s: np.moveaxis(cv2.calcOpticalFlowFarneback(
             u8w[0], u8w[s], None, 0.5, 4, 31, 5, 7, 1.5, cv2.OPTFLOW_FARNEBACK_GAUSSIAN), 2, 0)[::-1].copy())
-        run("DIS (OpenCV medium, fused image)", lambda s: np.moveaxis(dis.calc(u8w[0], u8w[s], None), 2, 0)[::-1].copy())
+        run("DIS (OpenCV medium, fused image)",
+            lambda s: np.moveaxis(dis.calc(u8w[0], u8w[s], None), 2, 0)[::-1].copy())
     for name, rows in results.items():
         d = np.concatenate([r[0].ravel() for r in rows])
         print(f"| {name} | {np.median(d):.3f} | {np.percentile(d, 95):.3f} | {np.mean([r[1] for r in rows]):.0f} |")
@@ -134,7 +136,7 @@ def scaling() -> None:
         gt = animal("default", 5, n_sessions=n, translation=12.0)
         proj, _ = projections_from_ground_truth(gt, seed=0, crop_jitter=3)
         t0 = time.perf_counter()
-        al = align_sessions(proj, max_fov_loss=0.6)
+        al = align_sessions(proj, None, align_options(max_fov_loss=0.6))
         el = time.perf_counter() - t0
         rounds = len(al.info.get("non-rigid_bv+neuron", al.info.get("non-rigid_neuron", {})).get("rounds", []))
         print(f"| {n} | {el:.1f} | {el / n:.2f} | {n * rounds} ({rounds} rounds) | {n * (n - 1)} |")
@@ -174,7 +176,8 @@ def concat() -> None:
                 arr = create_movie(root, "movie", (n_frames,) + p["cn"].shape)
                 for start in range(0, n_frames, 100):
                     n = min(100, n_frames - start)
-                    arr[start:start + n] = (p["cn"][None] * 10 + 20 + rng.standard_normal((n,) + p["cn"].shape)).astype(np.float32)
+                    noise = rng.standard_normal((n,) + p["cn"].shape)
+                    arr[start:start + n] = (p["cn"][None] * 10 + 20 + noise).astype(np.float32)
                 root.attrs["fps"] = 20.0
                 paths.append(str(path))
             out = tmp / f"aligned_{n_frames}.zarr"
@@ -202,7 +205,8 @@ def real() -> None:
     print("python benchmarks/bench_align.py real")
     imgs = [tifffile.imread(d / f"sample_template_image_msr_{i}.tif").astype(np.float32) for i in (1, 2)]
     t0 = time.perf_counter()
-    al = align_sessions([{"bv": im, "cn": im, "mean": im} for im in imgs], ["msr_1", "msr_2"], mode="neuron", gSig=3.0)
+    al = align_sessions([{"bv": im, "cn": im, "mean": im} for im in imgs], ["msr_1", "msr_2"],
+                        align_options(projections="neuron", gSig=3.0))
     el = time.perf_counter() - t0
     off = al.translations[1] - al.translations[0]
     cents = [_caiman_centroids(d / f"sample_cellset_msr_{i}.hdf5") for i in (1, 2)]

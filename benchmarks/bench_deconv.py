@@ -31,8 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from califlow.deconv import (constrained_oasis_ar1, deconvolve, impulse_response, oasis_ar1,
-                             oasis_ar2)
+from califlow.deconv import constrained_oasis_ar1, deconvolve, impulse_response, oasis_ar1, oasis_ar2
 
 SHARED = Path(os.environ.get("CALIFLOW_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 

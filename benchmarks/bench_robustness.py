@@ -24,8 +24,8 @@ field-of-view crop are left out): precision, recall, F1, median trace r, median 
 
 gSig is raised to the floor the measured neuron size sets (:mod:`califlow.sizes`), so
 several columns of a row often run with the same gSig: they are one run (deterministic),
-marked "(= column)" in the table.  Results are appended to ``--out`` (JSON lines, one per cell; cells already there are not
-run again) and printed as a table with the targets: F1 >= 0.95 (default, uint16) and
+marked "(= column)" in the table.  Results are appended to ``--out`` (JSON lines, one per cell;
+cells already there are not run again) and printed as a table with the targets: F1 >= 0.95 (default, uint16) and
 >= 0.85 (dense_lowsnr) for gSig in d/6 ... d/4 and auto; no cell below F1 0.5.
 """
 
@@ -112,13 +112,14 @@ def true_diameter(condition: str, diameter: float, sessions: int, frames: int, m
     cfg = animal_config(condition, diameter, 1, 10, max_side).replace(n_sessions=1, frames_per_session=10)
     F = simulate_animal(cfg, seed=seed).ground_truth.footprints_ref
     peak = F.max(axis=(1, 2))
-    d = 2 * np.sqrt((F >= 0.5 * peak[:, None, None]).sum(axis=(1, 2)) / np.pi)
+    d = 2 * np.sqrt((0.5 * peak[:, None, None] <= F).sum(axis=(1, 2)) / np.pi)
     return float(np.median(d[peak > 0.99]))
 
 
 def print_summary(cells: list[dict], max_side: int) -> None:
     """The auto estimates against the truth per row, and F1 with auto against the best manual gSig."""
-    print("| condition | d (px) | rendered d (px) | estimate (px) | error | F1 auto | best manual F1 (gSig) | auto - best |")
+    print("| condition | d (px) | rendered d (px) | estimate (px) | error | F1 auto | best manual F1 (gSig) "
+          "| auto - best |")
     print("|---|---|---|---|---|---|---|---|")
     rows = sorted({(c["condition"], c["diameter"]) for c in cells},
                   key=lambda r: (CONDITIONS.index(r[0]), r[1]))
@@ -135,7 +136,8 @@ def print_summary(cells: list[dict], max_side: int) -> None:
         best = max(manual, key=lambda c: c["f1"])
         gap = (auto["f1"] or 0) - best["f1"]
         worst_err, worst_gap = max(worst_err, abs(err)), min(worst_gap, gap)
-        print(f"| {cond} | {d:g} | {truth:.2f} | {f'{est:.2f}' if est else 'n/a'} | {100 * err:+.1f} % | {auto['f1']} | "
+        shown = f"{est:.2f}" if est else "n/a"
+        print(f"| {cond} | {d:g} | {truth:.2f} | {shown} | {100 * err:+.1f} % | {auto['f1']} | "
               f"{best['f1']} ({best['gsig']}) | {gap:+.3f} |")
     print(f"largest diameter error {100 * worst_err:.1f} % (target 15 %); "
           f"auto F1 at most {-worst_gap:.3f} below the best manual gSig (target 0.02)")

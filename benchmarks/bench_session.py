@@ -46,61 +46,16 @@ from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
-from scipy.ndimage import map_coordinates
 from scipy.spatial import cKDTree
+
+from califlow.motion.options import motion_options
+from califlow.simulate.pipeline import write_ingest_store
+from califlow.simulate.scores import motion_error, nonrigid_vs_rigid
 
 WORK = Path(os.environ.get("CALIFLOW_BENCH_DIR", "/tmp/califlow_bench_session"))
 
 
 # ------------------------------------------------------------------------------ helpers
-def motion_error(est, true):
-    err = (est - est.mean(0)) - (true - true.mean(0))
-    e = np.sqrt((err ** 2).sum(1))
-    return float(np.sqrt(np.mean(e ** 2))), float(e.max())
-
-
-def write_ingest(path: Path, movie: np.ndarray, fps: float) -> Path:
-    import zarr
-
-    from califlow.io.store import create_movie
-
-    g = zarr.open_group(str(path), mode="w")
-    arr = create_movie(g, "movie", movie.shape)
-    arr[...] = movie.astype(np.float32)
-    g.attrs["fps"] = fps
-    return path
-
-
-def nonrigid_residual(gt, shifts, box, nr=None, step=5):
-    from califlow.motion.nonrigid import GRID
-
-    true_d = gt.motion[0].astype(np.float64)
-    c = (true_d - shifts).mean(0)
-    h, w = box[1] - box[0], box[3] - box[2]
-    yy, xx = np.mgrid[0:h, 0:w]
-    frames = np.arange(0, len(shifts), step)
-    basis, coef = gt.wobble_basis[0], gt.wobble_coef[gt.session_slice(0)]
-    if nr is not None:
-        lo, hi, alpha = nr.frame_blend(frames)
-    errs = []
-    for k, t in enumerate(frames):
-        ry, rx = yy + box[0] + true_d[t, 0], xx + box[2] + true_d[t, 1]
-        wy = wx = 0.0
-        if basis.shape[0]:
-            wob = np.tensordot(coef[t], basis, axes=1)
-            wy, wx = map_coordinates(wob[0], [ry, rx], order=1), map_coordinates(wob[1], [ry, rx], order=1)
-        ey = shifts[t, 0] + c[0] - true_d[t, 0] - wy + np.zeros((h, w))
-        ex = shifts[t, 1] + c[1] - true_d[t, 1] - wx + np.zeros((h, w))
-        if nr is not None:
-            f = (1 - alpha[k]) * nr.fields[lo[k]] + alpha[k] * nr.fields[hi[k]]
-            ey = ey + map_coordinates(f[0], [yy / GRID, xx / GRID], order=1)
-            ex = ex + map_coordinates(f[1], [yy / GRID, xx / GRID], order=1)
-        errs.append(np.stack([ey, ex]))
-    e = np.array(errs)
-    e -= e.mean(axis=0)
-    return float(np.sqrt((e ** 2).sum(axis=1).mean()))
-
-
 def seeding_scores(gt, out: Path, summary: dict, gsig=2.5, min_corr=0.1, min_pnr=6.0, radius=5.0):
     from califlow.io.store import open_group
     from califlow.motion.session import read_motion_csv
@@ -144,10 +99,8 @@ def seeding_scores(gt, out: Path, summary: dict, gsig=2.5, min_corr=0.1, min_pnr
 
 # ----------------------------------------------------------------------------- accuracy
 def accuracy(size: int, frames: int, work: Path, seeds=(9,)) -> None:
-    from califlow.motion.nonrigid import estimate_nonrigid_motion
     from califlow.motion.rigid import estimate_rigid_motion
     from califlow.motion.session import run_session
-    from califlow.motion.warp import valid_box
     from califlow.simulate import preset, simulate_animal
 
     print(f"# accuracy: {size}x{size} px, {frames} frames per session")
@@ -160,7 +113,7 @@ def accuracy(size: int, frames: int, work: Path, seeds=(9,)) -> None:
                                         frames_per_session=frames, **extra), seed=7)
         movie = animal.session_frames(0).astype(np.float32)
         t0 = time.perf_counter()
-        res = estimate_rigid_motion(movie, reference=ref, max_shift=20)
+        res = estimate_rigid_motion(movie, motion_options(reference=ref, max_shift=20))
         dt = time.perf_counter() - t0
         rmse, worst = motion_error(res.shifts, animal.ground_truth.motion[0].astype(np.float64))
         rows.append((label, rmse, worst, int(res.outliers.sum()), frames / dt))
@@ -173,12 +126,8 @@ def accuracy(size: int, frames: int, work: Path, seeds=(9,)) -> None:
     print("|---|---|---|---|")
     for name in ("wobble", "default"):
         animal = simulate_animal(preset(name, height=size, width=size, n_sessions=2, frames_per_session=frames), seed=8)
-        movie = animal.session_frames(0).astype(np.float32)
-        rig = estimate_rigid_motion(movie, max_shift=20)
-        box = valid_box(rig.shifts, movie.shape[1:])
-        nr = estimate_nonrigid_motion(movie, rig.shifts, box)
-        r0 = nonrigid_residual(animal.ground_truth, rig.shifts, box)
-        r1 = nonrigid_residual(animal.ground_truth, rig.shifts, box, nr)
+        res = nonrigid_vs_rigid(animal)
+        r0, r1, nr = res["r_rigid"], res["r_nonrigid"], res["nonrigid"]
         print(f"| {name} | {r0:.3f} | {r1:.3f} | {int(nr.accepted.sum())}/{len(nr.accepted)} |")
 
     print("\n| session chain (seed) | remove_vessel_pulse | BV r | active neurons | maxima | recall | spurious "
@@ -195,7 +144,7 @@ def accuracy(size: int, frames: int, work: Path, seeds=(9,)) -> None:
             d = work / "acc_session"
             shutil.rmtree(d, ignore_errors=True)
             d.mkdir(parents=True)
-            write_ingest(d / "ingest.zarr", animal.session_frames(0), animal.ground_truth.fps)
+            write_ingest_store(d / "ingest.zarr", animal.session_frames(0), animal.ground_truth.fps)
             summary = run_session(d / "ingest.zarr", d, {"general": {"gSig": 2.5},
                                                          "preprocessing": {"remove_vessel_pulse": remove}})
             s = seeding_scores(animal.ground_truth, d, summary)

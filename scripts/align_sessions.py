@@ -20,10 +20,11 @@ def main(smk) -> None:
         log.info("aligning %d sessions: %s", len(names), ", ".join(names))
         projections = [read_projections(p) for p in paths]
         config = job_config(smk.params.config, smk.input.neuron_size)
-        al = align_sessions(projections, names, **align_options(config))
+        al = align_sessions(projections, names, align_options(config))
         save_alignment(al, smk.output.alignment, inputs=paths, config=config)
         last = list(al.metrics)[-1]
-        save_overlays(al, smk.output.qc_before, stages=["none"], title=f"before alignment: {', '.join(al.info['qc_sessions'])}")
+        save_overlays(al, smk.output.qc_before, stages=["none"],
+                      title=f"before alignment: {', '.join(al.info['qc_sessions'])}")
         save_overlays(al, smk.output.qc_after, stages=[last], title=f"after alignment ({last}, path {al.path})")
         log.info("alignment path %s, BV score %s, aligned frame %dx%d, sessions dropped: %s", al.path,
                  "n/a" if al.bv_score is None else f"{al.bv_score:.2f}", *al.shape, al.dropped or "none")

@@ -15,7 +15,7 @@ from califlow.neuron_size_step import job_config
 def main(smk) -> None:
     with workflow_job(smk) as log:
         config = job_config(smk.params.config, smk.input.neuron_size)
-        tolerance = float(config.get("inter_session_alignment", {}).get("fps_tolerance", 0.01))
+        tolerance = float(config["inter_session_alignment"]["fps_tolerance"])  # job_config resolved it
         summary = concatenate(list(smk.input.enhanced), smk.input.alignment, smk.output[0],
                               names=list(smk.params.sessions), projections=list(smk.input.projections),
                               fps_tolerance=tolerance, params=config)

@@ -1,6 +1,7 @@
 """Rule export_session: one session's traces (CSV), NWB file and Inscopix cell/event sets."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -18,7 +19,7 @@ def main(smk):
     i = names.index(session)
     aligned = open_group(smk.input.aligned)
     images = {name: np.asarray(aligned[name][i]) for name in ("mean", "cn", "pnr") if name in aligned}
-    summary = json.loads(open(smk.input.summary).read())
+    summary = json.loads(Path(smk.input.summary).read_text())
     cfg = smk.params.export
     formats = ["csv"] + (["nwb"] if cfg["nwb"] else []) + (["isxd"] if cfg["isxd"] else [])
     cells = pd.read_csv(smk.input.cells)

@@ -1,6 +1,7 @@
 """Rule qc_session: a session's projections and motion trace as one PNG for the report."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 
@@ -13,7 +14,7 @@ with workflow_job(snakemake):  # noqa: F821 - injected by Snakemake
     smk = snakemake  # noqa: F821
     proj = open_group(smk.input.projections)
     images = {n: np.asarray(proj[n][...]) for n in ("mean", "bv", "cn", "pnr") if n in proj}
-    summary = json.loads(open(smk.input.summary).read())
+    summary = json.loads(Path(smk.input.summary).read_text())
     fps = summary.get("fps") or 1.0
     unusable = len(summary.get("nonfinite_frames") or []) + len(summary.get("blank_frames") or [])
     counts = (f"{len(summary.get('dropped_frames') or [])} dropped, {len(summary.get('damaged_frames') or [])} "

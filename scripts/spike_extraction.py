@@ -2,7 +2,8 @@
 
 Reads ``snakemake.input[0]`` (the CNMF-E store; ``C_raw`` is deconvolved session by session)
 and ``snakemake.params.spike_extraction`` (the config group); writes the output folder
-atomically (nothing is left under its name if the job fails); logs to ``snakemake.log[0]``.
+atomically (nothing is left under its name if the job fails); logs to ``snakemake.log[0]``,
+with one summary line per session there and on the console.
 """
 
 from califlow.deconv.tool import run_spike_extraction
@@ -11,13 +12,9 @@ from califlow.job import workflow_job
 
 
 def main(smk) -> None:
-    with workflow_job(smk) as log:
-        with atomic_output(smk.output[0]) as tmp:
-            records = run_spike_extraction([smk.input[0]], tmp, dict(smk.params.spike_extraction),
-                                           n_threads=smk.threads)
-        for r in records:
-            log.info("session %s: %d cells (%d failed), %d events", r["name"], r["cells"], r["failed"],
-                     r["events"])
+    # run_spike_extraction logs each session's summary once: in the log and on the console
+    with workflow_job(smk), atomic_output(smk.output[0]) as tmp:
+        run_spike_extraction([smk.input[0]], tmp, dict(smk.params.spike_extraction), n_threads=smk.threads)
 
 
 if __name__ == "__main__":

@@ -11,11 +11,19 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from califlow.align import (align_sessions, apply_map, load_alignment, map_points, residual_misalignment,
-                            save_alignment, save_overlays)
+from califlow.align import (
+    align_options,
+    align_sessions,
+    apply_map,
+    load_alignment,
+    map_points,
+    residual_misalignment,
+    save_alignment,
+    save_overlays,
+)
+from califlow.align.simulated import footprint_centroids, projections_from_ground_truth
 from califlow.errors import InputError
 from califlow.simulate import preset, simulate_animal
-from califlow.align.simulated import footprint_centroids, projections_from_ground_truth
 
 SIZE = 240
 SIM = dict(height=SIZE, width=SIZE, n_sessions=4, frames_per_session=20, translation=20.0, deformation=7.0,
@@ -43,7 +51,7 @@ def _check_accuracy(gt, origins, maps, median_max, p95_max):
 def default_case():
     gt = _animal("default", 0)
     proj, origins = projections_from_ground_truth(gt, seed=0, crop_jitter=3)
-    al = align_sessions(proj, [f"d{i}" for i in range(4)], max_fov_loss=0.5)
+    al = align_sessions(proj, [f"d{i}" for i in range(4)], align_options(max_fov_loss=0.5))
     return gt, proj, origins, al
 
 
@@ -91,7 +99,8 @@ def test_save_load_round_trip_and_qc(default_case, tmp_path):
     back = load_alignment(tmp_path / "alignment.zarr")
     assert back.names == al.names and back.path == al.path and back.session_shapes == al.session_shapes
     assert np.array_equal(back.maps, al.maps)
-    assert back.metrics["non-rigid"]["neuron"]["mean_corr"] == pytest.approx(al.metrics["non-rigid"]["neuron"]["mean_corr"])
+    before = al.metrics["non-rigid"]["neuron"]["mean_corr"]
+    assert back.metrics["non-rigid"]["neuron"]["mean_corr"] == pytest.approx(before)
     assert back.bv_score == pytest.approx(al.bv_score) and back.fov["limiting_session"] == al.fov["limiting_session"]
     import zarr
     root = zarr.open_group(str(tmp_path / "alignment.zarr"), mode="r")
@@ -103,7 +112,7 @@ def test_save_load_round_trip_and_qc(default_case, tmp_path):
 
 def test_deterministic(default_case):
     _, proj, _, al = default_case
-    again = align_sessions(proj, [f"d{i}" for i in range(4)], max_fov_loss=0.5)
+    again = align_sessions(proj, [f"d{i}" for i in range(4)], align_options(max_fov_loss=0.5))
     assert np.array_equal(again.maps, al.maps) and again.bv_score == al.bv_score
 
 
@@ -118,7 +127,7 @@ def vessel_poor_case():
 
 def test_vessel_poor_falls_back_to_neurons(vessel_poor_case):
     gt, proj, origins = vessel_poor_case
-    al = align_sessions(proj, max_fov_loss=0.5)
+    al = align_sessions(proj, None, align_options(max_fov_loss=0.5))
     assert al.bv_score < 2.7 and al.fallback and al.path == "neuron"
     assert "bv_path_metrics" in al.info
     _check_accuracy(gt, origins, al.maps, 0.5, 1.5)
@@ -126,13 +135,13 @@ def test_vessel_poor_falls_back_to_neurons(vessel_poor_case):
 
 def test_force_bv_keeps_the_vessel_result(vessel_poor_case):
     gt, proj, origins = vessel_poor_case
-    al = align_sessions(proj, Force_BV=True, max_fov_loss=0.5)
+    al = align_sessions(proj, None, align_options(Force_BV=True, max_fov_loss=0.5))
     assert al.path == "BV" and not al.fallback and al.bv_score < 2.7
 
 
 def test_final_neurons_pass(default_case):
     gt, proj, origins, _ = default_case
-    al = align_sessions(proj, final_neurons=True, mode="neuron", max_fov_loss=0.5)
+    al = align_sessions(proj, None, align_options(final_neurons=True, projections="neuron", max_fov_loss=0.5))
     assert al.path == "neuron" and al.bv_score is None
     assert list(al.metrics) == ["none", "translation", "non-rigid", "final_neurons"]
     assert al.metrics["final_neurons"]["neuron"]["mean_corr"] >= al.metrics["non-rigid"]["neuron"]["mean_corr"] - 0.01
@@ -141,7 +150,7 @@ def test_final_neurons_pass(default_case):
 
 def test_no_alignment_centre_crops(default_case):
     _, proj, _, _ = default_case
-    al = align_sessions(proj, do_alignment=False)
+    al = align_sessions(proj, None, align_options(do_alignment=False))
     h = min(p["bv"].shape[0] for p in proj)
     w = min(p["bv"].shape[1] for p in proj)
     assert al.path == "none" and al.shape == (h, w) and al.bv_score is None
@@ -181,7 +190,7 @@ def test_bad_inputs_are_named():
     with pytest.raises(InputError, match="distinct session names"):
         align_sessions([proj(64, 64), proj(64, 64)], ["a", "a"])
     with pytest.raises(InputError, match="projections must be one of"):
-        align_sessions([proj(64, 64), proj(64, 64)], mode="vessels")
+        align_sessions([proj(64, 64), proj(64, 64)], None, align_options(projections="vessels"))
     with pytest.raises(InputError, match="too small"):
         align_sessions([proj(20, 20), proj(20, 20)])
 
@@ -192,7 +201,7 @@ def test_a_small_fov_with_nothing_to_align_is_accepted():
     small = {k: rng.random((20, 24)).astype(np.float32) for k in ("mean", "bv", "cn", "pnr")}
     one = align_sessions([small], ["s0"])
     assert one.shape == (20, 24) and one.path == "none"
-    off = align_sessions([small, dict(small)], ["a", "b"], do_alignment=False)
+    off = align_sessions([small, dict(small)], ["a", "b"], align_options(do_alignment=False))
     assert off.shape == (20, 24)
 
 
@@ -204,10 +213,10 @@ def test_fov_guard_names_the_bad_session(default_case):
         img[:, : int(0.45 * img.shape[1])] = np.nan
         bad[2][key] = img
     with pytest.raises(InputError, match="session 's2' limits it"):
-        align_sessions(bad, do_alignment=False, max_fov_loss=0.3)
-    al = align_sessions(bad, do_alignment=False, fov_policy="drop", max_fov_loss=0.3)
+        align_sessions(bad, None, align_options(do_alignment=False, max_fov_loss=0.3))
+    al = align_sessions(bad, None, align_options(do_alignment=False, fov_policy="drop", max_fov_loss=0.3))
     assert al.dropped == ["s2"] and al.names == ["s0", "s1", "s3"]
-    al = align_sessions(bad, do_alignment=False, fov_policy="pad", max_fov_loss=0.3)
+    al = align_sessions(bad, None, align_options(do_alignment=False, fov_policy="pad", max_fov_loss=0.3))
     assert al.names == ["s0", "s1", "s2", "s3"] and np.isnan(al.maps[2]).any() and np.isfinite(al.maps[0]).all()
 
 
@@ -245,7 +254,7 @@ def test_real_inscopix_templates(shared_data):
     p1, p2 = cents[0][r[same]], cents[1][c[same]]
     true_offset = np.median(p2 - p1, axis=0)               # about (-5.1, +1.9) px
     proj = [{"bv": im, "cn": im, "mean": im} for im in imgs]
-    al = align_sessions(proj, ["msr_1", "msr_2"], mode="neuron", gSig=3.0)
+    al = align_sessions(proj, ["msr_1", "msr_2"], align_options(projections="neuron", gSig=3.0))
     offset = al.translations[1] - al.translations[0]       # where msr_2 sits relative to msr_1
     assert np.allclose(offset, true_offset, atol=0.5), (offset, true_offset)
     # the same cells land on the same aligned pixels
@@ -267,8 +276,9 @@ def test_options_from_config():
                                                       "nonrigid_smoothness": 4.5, "bv_score_seed": 7},
                           "general": {"gSig": 3.0}})
     opts = align_options(cfg)
-    assert opts["mode"] == "neuron" and opts["Force_BV"] is True and opts["smoothness"] == 4.5
-    assert opts["seed"] == 7 and opts["gSig"] == 3.0 and opts["bv_score_threshold"] == 2.7
+    assert opts.projections == "neuron" and opts.Force_BV is True and opts.nonrigid_smoothness == 4.5
+    assert opts.bv_score_seed == 7 and opts.gSig == 3.0 and opts.bv_score_threshold == 2.7
+    assert align_options(cfg, max_fov_loss=0.5).max_fov_loss == 0.5
 
 
 def test_sensor_fixed_bv_pattern_is_flagged(vessel_poor_case, caplog):
@@ -277,6 +287,6 @@ def test_sensor_fixed_bv_pattern_is_flagged(vessel_poor_case, caplog):
     gt, _, _ = vessel_poor_case
     proj, _ = projections_from_ground_truth(gt, seed=1, crop_jitter=3, sensor_pattern=1.0)
     with caplog.at_level("WARNING", logger="califlow.align"):
-        al = align_sessions(proj, max_fov_loss=0.5)
+        al = align_sessions(proj, None, align_options(max_fov_loss=0.5))
     assert max(al.info["bv_neuron_translation_gap_px"]) > 3.0
     assert "vessels and neurons disagree" in caplog.text

@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
-
 from test_io_helpers import gapped_times_ms, movie_u8, write_avi, write_miniscope_v4
 from workflow_helpers import make_workdir, run_snakemake, snakemake_cmd
 
@@ -170,7 +169,8 @@ def test_reading_job_fails_with_culprit_and_leaves_nothing(tmp_path, case):
     log = (work / "logs" / "m1" / "s1" / "ingest.log").read_text()
     assert message in log and culprit in log, log[-2000:]
     source = f"animal m1, session s1: {path} (row 2 of config/sessions.tsv)"
-    assert source in log and "califlow ERROR: InputError: " in proc.stdout and source in proc.stdout, proc.stdout[-3000:]
+    assert source in log and "califlow ERROR: InputError: " in proc.stdout, proc.stdout[-3000:]
+    assert source in proc.stdout, proc.stdout[-3000:]
     assert not (work / INGEST).exists()
     _no_leftovers(work)
 
@@ -260,7 +260,8 @@ def test_unreadable_file_stops_before_any_job(tmp_path):
                           env=dict(os.environ, XDG_CACHE_HOME=str(work / ".cache")))
     assert proc.returncode != 0
     out = proc.stdout
-    assert "row 2 (animal 'm1', session 's1')" in out and "secret.avi: cannot be read (permission denied)" in out, out[-2000:]
+    assert "row 2 (animal 'm1', session 's1')" in out, out[-2000:]
+    assert "secret.avi: cannot be read (permission denied)" in out, out[-2000:]
     assert not (work / "results").exists()
 
 
@@ -343,7 +344,8 @@ def _script_jobs(work: Path) -> dict[int, str]:
             continue
         try:
             cmd = (d / "cmdline").read_bytes().split(b"\0")
-            if len(cmd) < 2 or not Path(cmd[0].decode()).name.startswith("python") or os.readlink(d / "cwd") != str(work):
+            ours = len(cmd) >= 2 and Path(cmd[0].decode()).name.startswith("python")
+            if not ours or os.readlink(d / "cwd") != str(work):
                 continue
             script = Path(cmd[1].decode())
             if ".snakemake/scripts" in str(script) and _handles_sigterm(int(d.name)):

@@ -300,8 +300,10 @@ def test_allocator_can_be_set_and_restored():
     from califlow.allocator import keep_freed_memory
 
     expected = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
-    assert keep_freed_memory(True) is expected
-    assert keep_freed_memory(False) is expected
+    with keep_freed_memory(True) as ok:
+        assert ok is expected
+        with keep_freed_memory(False) as ok2:
+            assert ok2 is expected
     x = np.ones(10_000_000, np.float32)  # large blocks still work either way
     assert float(x.sum()) == 1e7
 

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import zarr
 
-from califlow.align import align_sessions, apply_map, concatenate, save_alignment
+from califlow.align import align_options, align_sessions, apply_map, concatenate, save_alignment
+from califlow.align.maps import identity_map
 from califlow.align.pipeline import Alignment
 from califlow.align.score import random_smooth_field
-from califlow.align.maps import identity_map
 from califlow.errors import InputError
 from califlow.io.store import create_movie, open_group
 
@@ -28,7 +28,7 @@ def _alignment(shapes, seed=0, names=None):
     """A hand-made alignment: common grid 40x44, smooth maps into each session frame."""
     rng = np.random.default_rng(seed)
     maps = []
-    for i, (h, w) in enumerate(shapes):
+    for i in range(len(shapes)):
         m = identity_map((40, 44), (2 + 0.5 * i, 3 - 0.25 * i)) + random_smooth_field((40, 44), 15.0, 1.5, rng)
         maps.append(m)
     names = names or [f"s{i}" for i in range(len(shapes))]
@@ -87,7 +87,8 @@ def test_mismatched_inputs_are_refused_without_output(sessions, tmp_path):
     shapes, movies, paths = sessions
     out = tmp_path / "aligned.zarr"
     wrong = _alignment([(46, 50), (40, 40), (45, 50)])
-    with pytest.raises(InputError, match="s1.zarr: frames are 47x49 but session 's1' was aligned with projections of 40x40"):
+    with pytest.raises(InputError, match="s1.zarr: frames are 47x49 but session 's1' was aligned "
+                                         "with projections of 40x40"):
         concatenate(paths, wrong, out)
     slow = _write_enhanced(tmp_path / "slow.zarr", movies[1], fps=10.0)
     with pytest.raises(InputError, match="different frame rates .*s1: 10 fps"):
@@ -133,7 +134,7 @@ def test_end_to_end_with_real_alignment(tmp_path):
         projections.append({"bv": img, "cn": img, "mean": img, "pnr": img})
         frames = np.stack([img * (1 + 0.1 * k) for k in range(12)])
         paths.append(_write_enhanced(tmp_path / f"e{i}.zarr", frames))
-    al = align_sessions(projections, mode="neuron", gSig=2.0)
+    al = align_sessions(projections, None, align_options(projections="neuron", gSig=2.0))
     out = tmp_path / "aligned.zarr"
     concatenate(paths, al, out, projections=projections)
     root = zarr.open_group(str(out), mode="r")

@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 import tifffile
 import zarr
+from test_io_helpers import gapped_times_ms, movie_u8, write_avi, write_miniscope_v4
 
 from califlow import __version__
 from califlow.errors import ConfigError, InputError
 from califlow.io.ingest import ingest
 from califlow.io.isxd import write_isxd_movie
 from califlow.preprocess.downsample import downsample_spatial, downsample_temporal
-from test_io_helpers import gapped_times_ms, movie_u8, write_avi, write_miniscope_v4
 
 
 def ref_spatial(frames, s):
@@ -299,7 +299,8 @@ def test_unusable_frames_fail_with_all_ranges_under_fail(tmp_path):
     with pytest.raises(InputError) as err:
         ingest(tmp_path / "s.tif", tmp_path / "ingest.zarr", on_damaged_frames="fail")
     msg = str(err.value)
-    assert "s.tif" in msg and "12 frame(s) with NaN or infinite pixels (0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22)" in msg
+    assert "s.tif" in msg
+    assert "12 frame(s) with NaN or infinite pixels (0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22)" in msg
     assert "1 blank frame(s) (every pixel equal: 50)" in msg
     assert not (tmp_path / "ingest.zarr").exists() and list(tmp_path.iterdir()) == [tmp_path / "s.tif"]
 

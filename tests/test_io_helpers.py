@@ -78,8 +78,7 @@ def test_a_full_disk_under_the_log_does_not_mask_the_jobs_error(capsys):
     """/dev/full fails every write with ENOSPC, as a log on a full disk does."""
     from califlow.progress import script_logging
 
-    with pytest.raises(ValueError, match="the real cause"):
-        with script_logging("/dev/full") as log:
-            log.info("a line the disk cannot take")
-            raise ValueError("the real cause")
+    with pytest.raises(ValueError, match="the real cause"), script_logging("/dev/full") as log:
+        log.info("a line the disk cannot take")
+        raise ValueError("the real cause")
     assert "califlow ERROR: ValueError: the real cause" in capsys.readouterr().err

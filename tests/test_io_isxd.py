@@ -7,8 +7,17 @@ import pytest
 
 from califlow.errors import InputError
 from califlow.io import open_movie
-from califlow.io.isxd import (CellSet, EventSet, Timing, read_cellset, read_eventset, read_footer, write_cellset,
-                              write_eventset, write_isxd_movie)
+from califlow.io.isxd import (
+    CellSet,
+    EventSet,
+    Timing,
+    read_cellset,
+    read_eventset,
+    read_footer,
+    write_cellset,
+    write_eventset,
+    write_isxd_movie,
+)
 
 
 def _isx():

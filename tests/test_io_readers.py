@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import json
 import shutil
+from datetime import UTC
 
 import cv2
 import h5py
 import numpy as np
 import pytest
 import tifffile
+from test_io_helpers import gapped_times_ms, movie_u8, write_avi, write_avi16, write_miniscope_v4
 
 from califlow.errors import InputError
 from califlow.io import open_movie
 from califlow.io.isxd import write_isxd_movie
-from test_io_helpers import gapped_times_ms, movie_u8, write_avi, write_avi16, write_miniscope_v4
 
 
 def read_all(source, n=7):
@@ -323,11 +324,11 @@ def test_inscopix_h5_object(tmp_path):
 
 def _nwb(path, data, **timing):
     pynwb = pytest.importorskip("pynwb")
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     from pynwb.ophys import OnePhotonSeries, OpticalChannel
 
-    nwb = pynwb.NWBFile(session_description="t", identifier="x", session_start_time=datetime.now(timezone.utc))
+    nwb = pynwb.NWBFile(session_description="t", identifier="x", session_start_time=datetime.now(UTC))
     dev = nwb.create_device(name="scope")
     plane = nwb.create_imaging_plane(name="plane", optical_channel=OpticalChannel(name="ch", description="c",
                                                                                   emission_lambda=520.0),

@@ -6,8 +6,16 @@ import numpy as np
 import pytest
 
 from califlow.errors import InputError
-from califlow.metrics import (footprint_correlation, match_neurons, motion_rmse, score_extraction,
-                              session_assignments, spike_correlation, trace_correlation, tracking_f1)
+from califlow.metrics import (
+    footprint_correlation,
+    match_neurons,
+    motion_rmse,
+    score_extraction,
+    session_assignments,
+    spike_correlation,
+    trace_correlation,
+    tracking_f1,
+)
 
 H = W = 120
 
@@ -66,7 +74,8 @@ def test_centroid_gate_and_cost_threshold():
 def test_trace_correlation_scale_offset_and_sessions():
     rng = np.random.default_rng(0)
     c = rng.random((4, 300)).astype(np.float32)
-    m = match_neurons(_discs([(20, 20), (20, 60), (60, 20), (60, 60)]), _discs([(20, 20), (20, 60), (60, 20), (60, 60)]))
+    corners = [(20, 20), (20, 60), (60, 20), (60, 60)]
+    m = match_neurons(_discs(corners), _discs(corners))
     est = 3.0 * c + 7.0
     est[2] = -c[2]
     r = trace_correlation(c, est, m)

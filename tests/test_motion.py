@@ -6,21 +6,16 @@ import numpy as np
 import pytest
 
 from califlow.errors import InputError
+from califlow.motion.options import motion_options
 from califlow.motion.rigid import estimate_rigid_motion, repair_outliers
 from califlow.motion.session import check_crop
 from califlow.motion.vessels import bv_image, vesselness
 from califlow.motion.warp import largest_valid_rectangle, translate_stack, valid_box
 from califlow.simulate import preset, simulate_animal
+from califlow.simulate.scores import motion_error
 
 SIZE = 128
 FRAMES = 400
-
-
-def motion_error(est: np.ndarray, true: np.ndarray) -> tuple[float, float]:
-    """RMSE and max of the per-frame error vector after removing the global offset (px)."""
-    err = (est - est.mean(0)) - (true - true.mean(0))
-    e = np.sqrt((err ** 2).sum(axis=1))
-    return float(np.sqrt(np.mean(e ** 2))), float(e.max())
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +77,7 @@ def test_bv_image_matches_ground_truth_vessels(jumpy_session):
 
 def test_rigid_bv_accuracy_on_jumpy_motion(jumpy_session):
     movie, gt = jumpy_session
-    res = estimate_rigid_motion(movie, reference="BV", bv_size=(1.5, 2.25), max_shift=20)
+    res = estimate_rigid_motion(movie, motion_options(reference="BV", bv_size=(1.5, 2.25), max_shift=20))
     rmse, worst = motion_error(res.shifts, gt.motion[0].astype(np.float64))
     assert rmse <= 0.1
     assert worst <= 0.5
@@ -95,7 +90,7 @@ def test_rigid_neuron_reference_on_vessel_poor_fov():
                  motion_std=2.0, jump_max=10.0, n_jumps=2)
     animal = simulate_animal(cfg, seed=12)
     movie = animal.session_frames(0).astype(np.float32)
-    res = estimate_rigid_motion(movie, reference="neuron", gsig=2.5, max_shift=20)
+    res = estimate_rigid_motion(movie, motion_options(reference="neuron", gsig=2.5, max_shift=20))
     rmse, worst = motion_error(res.shifts, animal.ground_truth.motion[0].astype(np.float64))
     assert rmse <= 0.15
     assert worst <= 0.6
@@ -110,7 +105,7 @@ def test_blank_and_noise_frames_do_not_jump(jumpy_session):
     movie[51] = movie[51].mean()                        # blank frame
     movie[120] = rng.normal(movie.mean(), 20, movie.shape[1:])  # pure noise
     movie[199] = 255.0                                  # saturated frame
-    res = estimate_rigid_motion(movie, reference="BV", max_shift=20)
+    res = estimate_rigid_motion(movie, motion_options(reference="BV", max_shift=20))
     assert set(bad) <= set(np.nonzero(res.outliers)[0])
     true = gt.motion[0][:200].astype(np.float64)
     err = (res.shifts - res.shifts.mean(0)) - (true - true.mean(0))
@@ -141,7 +136,7 @@ def test_nan_frames_are_refused_listing_all_of_them():
     movie[bad, 3, 3] = np.nan
     with pytest.raises(InputError, match=r"bad\.zarr: 14 frame\(s\) contain NaN or infinite values "
                                          r"\(0-based\): 17, 40-51, 299$"):
-        estimate_rigid_motion(movie, name="bad.zarr", template_frames=5, chunk_frames=100)
+        estimate_rigid_motion(movie, motion_options(template_frames=5, chunk_frames=100), name="bad.zarr")
 
 
 def test_crop_guard_names_the_frames():

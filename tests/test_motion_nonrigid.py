@@ -5,13 +5,10 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
-from scipy.ndimage import map_coordinates
 
-from califlow.motion import nonrigid
-from califlow.motion.nonrigid import dense_flow, estimate_nonrigid_motion, motion_batches
-from califlow.motion.rigid import estimate_rigid_motion
-from califlow.motion.warp import valid_box
+from califlow.motion.nonrigid import dense_flow, motion_batches
 from califlow.simulate import preset, simulate_animal
+from califlow.simulate.scores import nonrigid_vs_rigid
 
 SIZE = 128
 FRAMES = 400
@@ -44,49 +41,12 @@ def test_dense_flow_recovers_a_smooth_field():
     assert rms_err < 0.25 * rms_true
 
 
-def residual(animal, shifts, box, nr=None, step=5):
-    """RMS of the frame-varying part of (estimated - true) displacement over the output pixels."""
-    gt = animal.ground_truth
-    true_d = gt.motion[0].astype(np.float64)
-    c = (true_d - shifts).mean(0)
-    h, w = box[1] - box[0], box[3] - box[2]
-    yy, xx = np.mgrid[0:h, 0:w]
-    frames = np.arange(0, len(shifts), step)
-    basis = gt.wobble_basis[0]
-    coef = gt.wobble_coef[gt.session_slice(0)]
-    if nr is not None:
-        lo, hi, alpha = nr.frame_blend(frames)
-    errs = []
-    for k, t in enumerate(frames):
-        ry, rx = yy + box[0] + true_d[t, 0], xx + box[2] + true_d[t, 1]
-        wy = wx = 0.0
-        if basis.shape[0]:
-            wob = np.tensordot(coef[t], basis, axes=1)
-            wy = map_coordinates(wob[0], [ry, rx], order=1)
-            wx = map_coordinates(wob[1], [ry, rx], order=1)
-        ey = shifts[t, 0] + c[0] - true_d[t, 0] - wy + np.zeros((h, w))
-        ex = shifts[t, 1] + c[1] - true_d[t, 1] - wx + np.zeros((h, w))
-        if nr is not None:
-            f = (1 - alpha[k]) * nr.fields[lo[k]] + alpha[k] * nr.fields[hi[k]]
-            g = [yy / nonrigid.GRID, xx / nonrigid.GRID]
-            ey = ey + map_coordinates(f[0], g, order=1)
-            ex = ex + map_coordinates(f[1], g, order=1)
-        errs.append(np.stack([ey, ex]))
-    e = np.array(errs)
-    e -= e.mean(axis=0)  # a fixed deformation of the output frame is harmless
-    return float(np.sqrt((e ** 2).sum(axis=1).mean()))
-
-
 @pytest.mark.parametrize("name,wobbly", [("wobble", True), ("default", False)])
 def test_nonrigid_vs_rigid(name, wobbly):
     cfg = preset(name, height=SIZE, width=SIZE, n_sessions=2, frames_per_session=FRAMES)
     animal = simulate_animal(cfg, seed=31)
-    movie = animal.session_frames(0).astype(np.float32)
-    rig = estimate_rigid_motion(movie, max_shift=20)
-    box = valid_box(rig.shifts, movie.shape[1:])
-    nr = estimate_nonrigid_motion(movie, rig.shifts, box)
-    r_rigid = residual(animal, rig.shifts, box)
-    r_nonrigid = residual(animal, rig.shifts, box, nr)
+    res = nonrigid_vs_rigid(animal)
+    r_rigid, r_nonrigid, nr, box = res["r_rigid"], res["r_nonrigid"], res["nonrigid"], res["box"]
     if wobbly:
         assert r_nonrigid < 0.85 * r_rigid  # 0.85 -> 0.65 px here; 0.91 -> 0.56 px at 176 px, 600 frames
         assert nr.accepted.mean() > 0.5
@@ -95,5 +55,6 @@ def test_nonrigid_vs_rigid(name, wobbly):
         assert r_nonrigid <= r_rigid + 0.01
     # the warp applies the fields: a frame corrected with them matches the rigid one on average
     frames = np.arange(0, 50)
-    out = nr.warp(movie[frames], frames, rig.shifts[frames], box)
+    movie = animal.session_frames(0).astype(np.float32)
+    out = nr.warp(movie[frames], frames, res["shifts"][frames], box)
     assert out.shape == (50, box[1] - box[0], box[3] - box[2]) and np.isfinite(out).mean() > 0.95

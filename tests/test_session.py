@@ -6,27 +6,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import zarr
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
 from califlow.errors import InputError
-from califlow.io.store import create_movie, open_group
+from califlow.io.store import open_group
 from califlow.motion.session import read_motion_csv, run_session
 from califlow.motion.warp import translate_stack
 from califlow.params import round_half_up
 from califlow.simulate import preset, simulate_animal
+from califlow.simulate.pipeline import write_ingest_store
 
 SIZE = 128
 FRAMES = 500
-
-
-def write_ingest(path: Path, movie: np.ndarray, fps: float) -> Path:
-    g = zarr.open_group(str(path), mode="w")
-    arr = create_movie(g, "movie", movie.shape)
-    arr[...] = movie.astype(np.float32)
-    g.attrs["fps"] = fps
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +31,7 @@ def animal():
 @pytest.fixture(scope="module")
 def ingest_store(animal, tmp_path_factory):
     d = tmp_path_factory.mktemp("session")
-    return write_ingest(d / "ingest.zarr", animal.session_frames(0), animal.ground_truth.fps)
+    return write_ingest_store(d / "ingest.zarr", animal.session_frames(0), animal.ground_truth.fps)
 
 
 @pytest.fixture(scope="module")
@@ -194,12 +186,12 @@ def test_bad_inputs_leave_no_outputs(tmp_path):
     with pytest.raises(FileNotFoundError, match="missing.zarr"):
         run_session(tmp_path / "missing.zarr", tmp_path / "o1")
     rng = np.random.default_rng(0)
-    short = write_ingest(tmp_path / "short.zarr", rng.random((3, 32, 32)), 10.0)
+    short = write_ingest_store(tmp_path / "short.zarr", rng.random((3, 32, 32)), 10.0)
     with pytest.raises(InputError, match="short.zarr: 3 frame"):
         run_session(short, tmp_path / "o2")
     movie = rng.random((60, 48, 48)).astype(np.float32) * 100
     movie[33, 5, 5] = np.inf
-    bad = write_ingest(tmp_path / "inf.zarr", movie, 10.0)
+    bad = write_ingest_store(tmp_path / "inf.zarr", movie, 10.0)
     with pytest.raises(InputError, match=r"inf\.zarr: 1 frame\(s\) contain NaN or infinite values \(0-based\): 33$"):
         run_session(bad, tmp_path / "o3")
     with pytest.raises(Exception, match="max_shift"):

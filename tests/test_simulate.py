@@ -10,8 +10,15 @@ import pytest
 from scipy import ndimage
 
 from califlow.errors import ConfigError
-from califlow.simulate import (PRESETS, load_ground_truth, preset, save_ground_truth, simulate_animal,
-                               write_animal, write_cohort)
+from califlow.simulate import (
+    PRESETS,
+    load_ground_truth,
+    preset,
+    save_ground_truth,
+    simulate_animal,
+    write_animal,
+    write_cohort,
+)
 from califlow.simulate.activity import calcium_kernel_coefficients
 
 TINY = dict(height=96, width=96, n_sessions=2, frames_per_session=70, n_neurons=12, n_local_sources=4,

@@ -233,7 +233,7 @@ def _write_nwb(path: Path, Y: np.ndarray, rate: float = 20.0) -> None:
     from pynwb.ophys import Fluorescence, ImageSegmentation, OpticalChannel, RoiResponseSeries
 
     nwb = NWBFile(session_description="test", identifier="t",
-                  session_start_time=dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc))
+                  session_start_time=dt.datetime(2024, 1, 1, tzinfo=dt.UTC))
     dev = nwb.create_device(name="scope")
     plane = nwb.create_imaging_plane(name="plane", optical_channel=OpticalChannel(
         name="ch", description="g", emission_lambda=525.0), description="p", device=dev,

@@ -11,7 +11,7 @@ import pytest
 
 from califlow.io.start_time import parse_start, recording_start
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 
 
 def _daq_session(root, local: dt.datetime, utc: dt.datetime | None):
@@ -43,14 +43,15 @@ def test_daq_folder_names_when_no_metadata_time(tmp_path):
     device = _daq_session(tmp_path, dt.datetime(2023, 11, 30, 9, 41, 2), utc=None)
     found = recording_start({"reader": "miniscope_v4", "folder": str(device)}, [device / "0.avi"], "s1")
     assert found["start_time"] == "2023-11-30T09:41:02.000"
-    assert "DAQ folder names 2023_11_30/09_41_02 (local time, zone unknown)" == found["start_time_from"]
+    assert found["start_time_from"] == "DAQ folder names 2023_11_30/09_41_02 (local time, zone unknown)"
     assert not found["start_time_guessed"]
 
 
 def test_tiff_datetime_tag(tmp_path):
     tifffile = pytest.importorskip("tifffile")
     path = tmp_path / "rec.tif"
-    tifffile.imwrite(path, np.zeros((3, 8, 8), np.uint16), photometric="minisblack", datetime=dt.datetime(2022, 6, 1, 8, 30, 0))
+    tifffile.imwrite(path, np.zeros((3, 8, 8), np.uint16), photometric="minisblack",
+                     datetime=dt.datetime(2022, 6, 1, 8, 30, 0))
     found = recording_start({"reader": "tiff"}, [path], "rec")
     assert found["start_time"] == "2022-06-01T08:30:00.000" and "DateTime tag" in found["start_time_from"]
 

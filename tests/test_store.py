@@ -83,9 +83,9 @@ def test_known_size_is_checked_before_writing(small_disk):
     final = small_disk / "aligned.zarr"
     started = []
     with pytest.raises(OutOfSpaceError, match=r"not enough space for .*aligned\.zarr: it needs 25\.0 MiB "
-                                              r"\(26214400 bytes\) and .* bytes\) are free"):
-        with atomic_output(final, needed_bytes=400 * 128 * 128 * 4):
-            started.append(True)
+                                              r"\(26214400 bytes\) and .* bytes\) are free"), \
+            atomic_output(final, needed_bytes=400 * 128 * 128 * 4):
+        started.append(True)
     assert not started and list(small_disk.iterdir()) == []
     with atomic_output(final, needed_bytes=1000) as tmp:  # fits: written as usual
         tmp.write_text("ok")
@@ -99,7 +99,6 @@ def test_enhance_checks_the_space_of_the_enhanced_movie(small_disk, tmp_path):
     from califlow.errors import OutOfSpaceError
     from califlow.io.store import create_movie
     from califlow.motion.session import correct_motion, enhance_session
-
     from califlow.simulate import preset, simulate_animal
 
     animal = simulate_animal(preset("default", height=96, width=96, n_sessions=1, frames_per_session=200,

@@ -31,16 +31,23 @@ def build_parser() -> argparse.ArgumentParser:
     for module, attr in _COMMANDS:
         try:
             mod = importlib.import_module(module)
-        except ModuleNotFoundError as exc:  # a module not built yet must not break the others
-            if exc.name and exc.name.startswith("califlow"):
-                continue
-            raise
+        except ImportError as exc:  # a broken install must not silently lose sub-commands
+            raise ImportError(f"califlow: cannot load the sub-commands of {module} ({exc}); "
+                              "the installation is incomplete or broken") from exc
         getattr(mod, attr)(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``califlow`` console script."""
+    """Entry point of the ``califlow`` console script (in :func:`califlow.job.job_environment`)."""
+    from califlow.job import job_environment
+
+    with job_environment():  # before a sub-command's first parallel kernel
+        return _dispatch(argv)
+
+
+def _dispatch(argv: list[str] | None) -> int:
+    """Parse ``argv`` and run the sub-command; its exit status."""
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if getattr(args, "run_workflow", False):

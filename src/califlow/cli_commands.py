@@ -46,8 +46,6 @@ INIT_GSIG = ("  # califlow init chose 'auto': the neuron size is measured from t
 
 
 def _cmd_init(args) -> int:
-    import yaml
-
     from califlow.cohort_setup import discover_sessions
     from califlow.params import config_template
     from califlow.sessions import validate_sessions, write_sessions
@@ -58,9 +56,6 @@ def _cmd_init(args) -> int:
     sheet_path = write_sessions(sheet, out_dir / "sessions.tsv")
     config_path = out_dir / "config.yaml"
     text = config_template()
-    cfg = yaml.safe_load(text)
-    cfg["sessions"] = str(sheet_path)
-    cfg["demo"]["enabled"] = False
     if config_path.exists() and not args.force:
         print(f"kept the existing {config_path} (use --force to overwrite); point its `sessions:` "
               f"at {sheet_path}")

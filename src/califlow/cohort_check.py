@@ -12,9 +12,9 @@ fault, before per-session work is spent on an animal that cannot be concatenated
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
 
 import pandas as pd
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -60,7 +60,7 @@ def event_mask(S: np.ndarray, threshold: float = 0.0) -> np.ndarray:
     CNMF-E traces are in noise units, so ``threshold`` is the smallest event amplitude
     reported, in noise standard deviations (``export.event_threshold``).
     """
-    return (S > 0) & (S >= threshold)
+    return (S > 0) & (threshold <= S)
 
 
 def events_table(S: np.ndarray, sessions: Sequence[SessionSlice], threshold: float = 0.0) -> pd.DataFrame:

@@ -286,7 +286,8 @@ def tracking_f1(assign, true_active, present=None) -> dict:
     assign = np.asarray(assign, dtype=np.int64)
     true_active = np.asarray(true_active, dtype=bool)
     if assign.ndim != 2 or true_active.ndim != 2 or assign.shape[1] != true_active.shape[1]:
-        raise InputError(f"tracking_f1: assign {assign.shape} and true_active {true_active.shape} must be (M, S), (N, S)")
+        raise InputError(f"tracking_f1: assign {assign.shape} and true_active {true_active.shape} "
+                         "must be (M, S), (N, S)")
     present = assign >= 0 if present is None else np.asarray(present, dtype=bool)
     n_s = assign.shape[1]
     tp = fp = fn = 0

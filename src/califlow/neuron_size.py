@@ -33,8 +33,8 @@ pools the candidates of all sessions.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Sequence
 
 import numpy as np
 from scipy import ndimage
@@ -100,7 +100,7 @@ class NeuronSize:
         return out
 
     @classmethod
-    def from_dict(cls, d: dict) -> "NeuronSize":
+    def from_dict(cls, d: dict) -> NeuronSize:
         return cls(float(d["diameter"]), float(d["gsig"]), int(d["n_candidates"]), int(d["n_accepted"]),
                    tuple(d.get("quartiles", (np.nan, np.nan))), list(d.get("diameters", [])), d.get("reason", ""))
 
@@ -274,20 +274,24 @@ def size_warning(gsig: float, size: NeuronSize) -> str | None:
     return gsig_mismatch(gsig, size.diameter) if size.ok else None
 
 
-def stabilised_sample(frames: np.ndarray, *, bv_size=(1.5, 2.25), gsig: float = 2.5, reference: str = "BV",
-                      max_shift: float = 20.0, name: str = "sample") -> np.ndarray:
+def stabilised_sample(frames: np.ndarray, options=None, *, name: str = "sample") -> np.ndarray:
     """Frames (T, H, W) with their rigid motion corrected, cropped to the window valid in all of them.
 
     Motion is estimated as the motion-correction step does
-    (:func:`califlow.motion.rigid.estimate_rigid_motion`); without it the peak and
-    regression images of a moving neuron are smeared by the motion.
+    (:func:`califlow.motion.rigid.estimate_rigid_motion`, with ``options`` a
+    :class:`califlow.motion.options.MotionOptions`; the schema's defaults when not given);
+    without it the peak and regression images of a moving neuron are smeared by the motion.
     """
+    from dataclasses import replace
+
+    from califlow.motion.options import motion_options
     from califlow.motion.rigid import estimate_rigid_motion
     from califlow.motion.warp import translate_stack, valid_box
 
     frames = np.asarray(frames, np.float32)
-    motion = estimate_rigid_motion(frames, reference=reference, bv_size=bv_size, gsig=gsig, max_shift=max_shift,
-                                   template_frames=min(300, frames.shape[0]), name=name)
+    o = options if options is not None else motion_options()
+    motion = estimate_rigid_motion(frames, replace(o, template_frames=min(o.template_frames, frames.shape[0])),
+                                   name=name)
     box = valid_box(motion.shifts, frames.shape[1:])
     if box[1] - box[0] < 16 or box[3] - box[2] < 16:
         return frames

@@ -20,8 +20,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -81,14 +81,15 @@ def measure_frames(samples: Sequence[tuple[np.ndarray, float]], names: Sequence[
 
     Each sample's rigid motion is corrected first (:func:`califlow.neuron_size.stabilised_sample`).
     """
-    from califlow.params import resolve_config
+    from califlow.motion.options import motion_options
+    from califlow.params import default_config, resolve_config
 
     cfg = resolve_config(dict(config))
     gen = cfg["general"]
-    probe_gsig = 2.5 if gen["gSig"] == "auto" else float(gen["gSig"])
-    bv = cfg["downsampling"]["BVsize"] or [0.6 * probe_gsig, 0.9 * probe_gsig]
-    stable = [(stabilised_sample(f, bv_size=bv, gsig=probe_gsig, name=p), rate)
-              for (f, rate), p in zip(samples, paths)]
+    # before the size is known, the sample is stabilised on vessels of the schema's default gSig
+    probe = cfg if gen["gSig"] != "auto" else {**cfg, "general": {**gen, "gSig": default_config()["general"]["gSig"]}}
+    motion = motion_options(probe, reference="BV")
+    stable = [(stabilised_sample(f, motion, name=p), rate) for (f, rate), p in zip(samples, paths)]
     pooled, per = measure_sessions(stable, detrend_s=float(cfg["preprocessing"]["detrend"]))
     out = {
         "measured": pooled.to_dict(),

@@ -3,7 +3,7 @@
 The JSON schema in ``califlow/schemas/config.schema.yaml`` is the single source of the
 parameter names, defaults and allowed values. This module fills defaults, validates a
 configuration before any work starts (naming the key, the value and what is allowed), and
-resolves the derived defaults (``BVsize``, ``min_pixel``, ``memory_size_to_use``, ...) in one
+resolves the derived defaults (``BVsize``, ``min_pixel``, ...) in one
 place so that every output can record the exact values it ran with.
 """
 
@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import yaml
 
@@ -30,7 +31,6 @@ __all__ = [
     "read_config_file",
     "parse_number_list",
     "round_half_up",
-    "total_memory_gb",
     "config_template",
     "parameter_table",
 ]
@@ -147,27 +147,13 @@ def validate_config(config: Mapping) -> dict:
     """
     import jsonschema
 
-    full = _merge(default_config(), _unresolve(config or {}))
+    full = _merge(default_config(), config or {})
     validator = jsonschema.Draft202012Validator(config_schema())
     errors = sorted(validator.iter_errors(full), key=lambda e: list(e.absolute_path))
     if errors:
         raise ConfigError("; ".join(_format_error(e, "config") for e in errors[:5]))
     _check_semantics(full)
     return full
-
-
-def _unresolve(config: Mapping) -> dict:
-    """Undo what :func:`resolve_config` derives, so a resolved config validates again."""
-    cfg = copy.deepcopy(dict(config))
-    if isinstance(cfg.get("cnmfe"), Mapping):
-        cfg["cnmfe"] = dict(cfg["cnmfe"])
-        cfg["cnmfe"].pop("gSiz", None)
-    if isinstance(cfg.get("spike_extraction"), Mapping):
-        se = cfg["spike_extraction"] = dict(cfg["spike_extraction"])
-        for key in ("bl", "c1", "sn", "g"):
-            if key in se and se[key] is None:
-                se[key] = "auto"
-    return cfg
 
 
 def _check_semantics(cfg: dict) -> None:
@@ -187,8 +173,6 @@ def _check_semantics(cfg: dict) -> None:
         raise ConfigError(f"config key 'spike_extraction.noise_range': value {[fmin, fmax]!r} is not "
                           "allowed; allowed: [fmin, fmax] with 0 <= fmin < fmax <= 0.5")
     cn = cfg["cnmfe"]
-    if cn["w_overlap"] * 2 >= min(cn["patch_dims"]) + 2 * cn["w_overlap"] and min(cn["patch_dims"]) < 1:
-        raise ConfigError("config key 'cnmfe.patch_dims': patches must be at least 1 pixel")
     mp = cn["min_pixel"]
     if isinstance(mp, list) and len(mp) > 1:
         raise ConfigError(f"config key 'cnmfe.min_pixel': value {mp!r} is not allowed; "
@@ -207,6 +191,8 @@ def _check_semantics(cfg: dict) -> None:
 
 
 def _parse_auto_number(value, key: str) -> float | None:
+    if value is None:
+        return None
     if isinstance(value, str):
         if value.strip().lower() in ("auto", ""):
             return None
@@ -250,13 +236,6 @@ def round_half_up(x: float) -> int:
     return int(math.floor(x + 0.5))
 
 
-def total_memory_gb() -> float:
-    """Total physical memory of this machine in GB."""
-    import psutil
-
-    return psutil.virtual_memory().total / 1e9
-
-
 def resolve_config(config: Mapping) -> dict:
     """Validate and resolve derived defaults.
 
@@ -265,18 +244,16 @@ def resolve_config(config: Mapping) -> dict:
 
     - ``downsampling.BVsize`` = [0.6, 0.9] * gSig when empty;
     - ``cnmfe.min_pixel`` = round(gSig^2) when empty;
-    - ``cnmfe.gSiz`` = 4 * gSig (neuron box size, pixels);
-    - ``cnmfe.memory_size_to_use`` = total system memory (GB) when null;
     - ``spike_extraction`` 'auto' strings become None and ``g`` a list of floats.
 
+    The result is a valid configuration again: ``resolve_config(resolve_config(c)) ==
+    resolve_config(c)``. Nothing here depends on the machine: ``cnmfe.memory_size_to_use: null``
+    stays null and is resolved inside the CNMF-E job (:func:`califlow.resources.memory_budget_gb`).
     With ``general.gSig: auto`` the gSig-derived values stay empty until
     :func:`apply_neuron_size` sets gSig from a measurement.
     """
     cfg = validate_config(config)
     _derive_sizes(cfg)
-    cn = cfg["cnmfe"]
-    if cn["memory_size_to_use"] is None:
-        cn["memory_size_to_use"] = round(total_memory_gb(), 2)
     cfg["inter_session_alignment"]["Force_BV"] = bool(cfg["inter_session_alignment"]["Force_BV"])
     se = cfg["spike_extraction"]
     for key in ("bl", "c1", "sn"):
@@ -303,7 +280,6 @@ def _derive_sizes(cfg: dict) -> None:
         cn["min_pixel"] = sizes.min_pixel(gsig)
     elif isinstance(mp, list):
         cn["min_pixel"] = int(mp[0])
-    cn["gSiz"] = sizes.gsiz(gsig)
 
 
 def numeric_gsig(cfg: Mapping) -> float:

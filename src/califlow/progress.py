@@ -6,10 +6,11 @@ import contextlib
 import logging
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import TextIO
 
-__all__ = ["Progress", "get_logger", "script_logging"]
+__all__ = ["CONSOLE", "Progress", "get_logger", "script_logging"]
 
 
 def get_logger(name: str = "califlow") -> logging.Logger:
@@ -55,33 +56,44 @@ class Progress:
         return f"{head}{self.done} {self.what}, {rate:.1f} {self.what}/s, elapsed {elapsed:.1f} s"
 
 
+#: ``extra`` of a log record the console shows too, besides the log file (milestones of long steps).
+CONSOLE = {"console": True}
+_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
 @contextlib.contextmanager
 def script_logging(log_path: str | Path | None, level: int = logging.INFO,
-                   blame: Callable[[], str] | None = None) -> Iterator[logging.Logger]:
-    """Send califlow logging and stderr of a workflow script to its ``log:`` file.
+                   blame: Callable[[], str] | None = None, console: TextIO | None = None) -> Iterator[logging.Logger]:
+    """Send califlow logging of a workflow script to its ``log:`` file.
 
-    Exceptions are logged with their traceback and re-raised, so the job fails and the
-    log says why; the console gets a one-line ``califlow ERROR: ...`` too. ``blame``, called
-    only on failure, names the data behind the job (source recordings, sheet rows), which
-    is added to both.
+    With a ``log_path``, the console gets only the records logged with ``extra=CONSOLE``
+    (e.g. one line per finished CNMF-E patch), as their bare message; without one, all
+    califlow logging goes to the console.  Exceptions are logged with their traceback and
+    re-raised, so the job fails and the log says why; the console gets a one-line
+    ``califlow ERROR: ...`` too. ``blame``, called only on failure, names the data behind
+    the job (source recordings, sheet rows), which is added to both.
+
+    Nothing process-wide is replaced: ``sys.stderr`` stays as it is, and the handlers and
+    the level of the ``califlow`` logger are those from before when the block ends.
+
+    Parameters
+    ----------
+    log_path : path of the log file (appended to; its folder is created), or None.
+    level : level of the ``califlow`` logger within the block.
+    blame : called on failure; returns the data to name, or ''.
+    console : stream of the console (default: ``sys.stderr`` when the block starts).
     """
     logger = get_logger()
-    handlers: list[logging.Handler] = []
+    console = sys.stderr if console is None else console
     stream = None
     if log_path:
         Path(log_path).parent.mkdir(parents=True, exist_ok=True)
-        stream = open(log_path, "a", buffering=1)
-        handlers.append(logging.StreamHandler(stream))
-    else:
-        handlers.append(logging.StreamHandler(sys.stderr))
-    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+        stream = open(log_path, "a", buffering=1)  # noqa: SIM115 - closed when the block ends
+    handlers = _log_handlers(stream, console)
     for h in handlers:
-        h.setFormatter(fmt)
         logger.addHandler(h)
+    previous_level = logger.level
     logger.setLevel(level)
-    old_stderr = sys.stderr
-    if stream is not None:
-        sys.stderr = stream
     failed = False
     try:
         yield logger
@@ -91,11 +103,23 @@ def script_logging(log_path: str | Path | None, level: int = logging.INFO,
         logger.exception("job failed%s", f" on {culprit}" if culprit else "")
         if stream is not None:  # the console gets the cause too, even when the log cannot be written
             print(f"califlow ERROR: {type(exc).__name__}: {exc}" + (f"\n  (data: {culprit})" if culprit else ""),
-                  file=old_stderr)
+                  file=console)
         raise
     finally:
-        sys.stderr = old_stderr
+        logger.setLevel(previous_level)
         _close_handlers(logger, handlers, stream, quiet=failed)
+
+
+def _log_handlers(stream: TextIO | None, console: TextIO) -> list[logging.Handler]:
+    """Everything to ``stream`` and ``CONSOLE`` records to ``console``; all to ``console`` without a stream."""
+    full = logging.StreamHandler(console if stream is None else stream)
+    full.setFormatter(logging.Formatter(_LOG_FORMAT))
+    if stream is None:
+        return [full]
+    shown = logging.StreamHandler(console)
+    shown.setFormatter(logging.Formatter("%(message)s"))
+    shown.addFilter(lambda record: bool(getattr(record, "console", False)))
+    return [full, shown]
 
 
 def _blamed(blame: Callable[[], str] | None) -> str:

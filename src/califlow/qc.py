@@ -7,17 +7,19 @@
 - :func:`traces_figure`: the strongest cells' traces across all sessions with session
   boundaries;
 - :func:`raster_figure`: per-session activity raster (events per cell and frame);
-- :func:`presence_figure`: which cell is active in which session.
+- :func:`presence_figure`: which cell is active in which session;
+- :func:`configuration_page`: the resolved configuration and the sessions sheet (HTML).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
-__all__ = ["session_figure", "footprints_figure", "traces_figure", "raster_figure", "presence_figure"]
+__all__ = ["session_figure", "footprints_plot", "footprints_figure", "traces_figure", "raster_figure",
+           "presence_figure", "configuration_page"]
 
 
 def _plt():
@@ -82,28 +84,63 @@ def session_figure(projections: dict, motion: np.ndarray, fps: float, title: str
     return _save(fig, path)
 
 
-def footprints_figure(A: np.ndarray, cn: np.ndarray, path, title: str = "", max_labels: int = 60) -> Path:
-    """Contours of footprints ``A`` (K, H, W) at 40 % of each maximum on the correlation image."""
+def _label_spot(a: np.ndarray, level: float, text_px: tuple[float, float]) -> tuple[float, float, str, str]:
+    """Where a footprint's number goes: (x, y, ha, va) just off its contour.
+
+    Upper right of the contour by default; left of it or below it where the number
+    (``text_px`` = its width and height in image pixels) would leave the image.
+    """
+    y, x = np.unravel_index(np.argmax(a), a.shape)
+    r = 0.7 * np.sqrt(np.count_nonzero(a >= level) / np.pi)
+    H, W = a.shape
+    ha, tx = ("left", x + r) if x + r + text_px[0] <= W - 1 else ("right", x - r)
+    va, ty = ("bottom", y - r) if y - r - text_px[1] >= 0 else ("top", y + r)
+    return float(np.clip(tx, 0, W - 1)), float(np.clip(ty, 0, H - 1)), ha, va
+
+
+def footprints_plot(A: np.ndarray, cn: np.ndarray, title: str = ""):
+    """The footprints figure (see :func:`footprints_figure`) as a matplotlib Figure.
+
+    Every cell with a non-empty footprint gets its contour and its number (its row in
+    ``A``: the SNR rank and the cell id of the exports), in yellow with a black outline,
+    just off the contour (upper right, or where the image has room) so the cell itself
+    stays visible. The font shrinks and the figure grows with the number of cells so that
+    every number stays legible.
+    """
+    import matplotlib.patheffects as pe
+
     plt = _plt()
     H, W = cn.shape
-    fig, ax = plt.subplots(figsize=(6.5, 6.5 * H / max(W, 1)))
+    K = len(A)
+    width = float(np.clip(6.5 * np.sqrt(K / 80), 6.5, 12.0))
+    fontsize = float(np.clip(6.5 * np.sqrt(80 / max(K, 1)), 3.5, 6.5)) * width / 6.5
+    fig, ax = plt.subplots(figsize=(width, width * H / max(W, 1)))
     lo, hi = _robust(cn)
     ax.imshow(cn, cmap="gray", vmin=lo, vmax=hi)
     colors = plt.get_cmap("tab20")
+    stroke = [pe.withStroke(linewidth=1.5, foreground="black")]
+    px_per_pt = W / (width * 72)  # image pixels per typographic point
     for k, a in enumerate(A):
         peak = a.max()
         if peak <= 0:
             continue
         ax.contour(a, levels=[0.4 * peak], colors=[colors(k % 20)], linewidths=0.8)
-        if k < max_labels:
-            import matplotlib.patheffects as pe
-
-            y, x = np.unravel_index(np.argmax(a), a.shape)
-            ax.text(x, y, str(k), color="yellow", fontsize=6.5, ha="center", va="center", fontweight="bold",
-                    path_effects=[pe.withStroke(linewidth=1.5, foreground="black")])
-    ax.set_title(title or f"{len(A)} cells on the correlation image (numbers = SNR rank)", fontsize=10)
+        size = (0.62 * fontsize * len(str(k)) * px_per_pt, fontsize * px_per_pt)
+        x, y, ha, va = _label_spot(a, 0.4 * peak, size)
+        ax.text(x, y, str(k), color="yellow", fontsize=fontsize, ha=ha, va=va, fontweight="bold",
+                path_effects=stroke, clip_on=True)
+    ax.set_title(title or f"{K} cells on the correlation image (numbers = SNR rank)", fontsize=10)
     ax.set_axis_off()
-    return _save(fig, path)
+    return fig
+
+
+def footprints_figure(A: np.ndarray, cn: np.ndarray, path, title: str = "") -> Path:
+    """Contours of footprints ``A`` (K, H, W) at 40 % of each maximum on the correlation image.
+
+    Every cell is numbered (its SNR rank, as in ``cells.csv`` and the exports); see
+    :func:`footprints_plot`.
+    """
+    return _save(footprints_plot(A, cn, title), path)
 
 
 def traces_figure(C: np.ndarray, sessions: Sequence, path, n_cells: int = 12, title: str = "") -> Path:
@@ -163,3 +200,107 @@ def presence_figure(S: np.ndarray, sessions: Sequence, path, title: str = "", th
     present = (rates > 0).sum(axis=0)
     ax.set_title(title or ("cells active per session: " + ", ".join(map(str, present))), fontsize=9)
     return _save(fig, path)
+
+
+# --------------------------------------------------------------------------------------------
+# the report's "Configuration" page
+# --------------------------------------------------------------------------------------------
+_PAGE_STYLE = """body{font-family:sans-serif;font-size:13px;margin:1em}
+table{border-collapse:collapse;margin-bottom:1.5em}th,td{border:1px solid #ccc;padding:3px 6px;
+text-align:left;vertical-align:top}th{background:#eee}tr.changed td{background:#fff4cc}
+code{font-size:12px}"""
+
+
+def _flat(cfg, schema, prefix: str = "") -> list[tuple[str, object, dict]]:
+    """(dotted key, value, schema of the key) of every leaf of a nested config."""
+    rows = []
+    for key, value in cfg.items():
+        sub = (schema.get("properties") or {}).get(key, {})
+        if isinstance(value, dict) and sub.get("type") == "object" and "properties" in sub:
+            rows += _flat(value, sub, f"{prefix}{key}.")
+        else:
+            rows.append((f"{prefix}{key}", value, sub))
+    return rows
+
+
+def _value_text(value) -> str:
+    import json
+
+    from califlow.io.store import to_jsonable
+
+    return json.dumps(to_jsonable(value))
+
+
+def _config_table(cfg, defaults, schema) -> list[str]:
+    """HTML tables of a resolved config, one per top-level group; changed values highlighted."""
+    from html import escape
+
+    default_of = {k: v for k, v, _ in _flat(defaults, schema)}
+    groups: dict[str, list[str]] = {}
+    for key, value, sub in _flat(cfg, schema):
+        used, default = _value_text(value), _value_text(default_of.get(key))
+        group = key.split(".")[0] if "." in key else "(top level)"
+        cls = ' class="changed"' if used != default else ""
+        groups.setdefault(group, []).append(
+            f"<tr{cls}><td><code>{escape(key)}</code></td><td><code>{escape(used)}</code></td>"
+            f"<td><code>{escape(default)}</code></td><td>{escape(sub.get('description', ''))}</td></tr>")
+    out = []
+    for group, rows in groups.items():
+        out.append(f"<h2>{escape(group)}</h2><table><tr><th>parameter</th><th>value used</th>"
+                   "<th>default</th><th>description</th></tr>" + "".join(rows) + "</table>")
+    return out
+
+
+def _sessions_table(sessions) -> str:
+    """HTML table of the sessions sheet (a list of row dicts), or '' when there is none."""
+    from html import escape
+
+    rows = list(sessions or [])
+    if not rows:
+        return ""
+    cols = list(dict.fromkeys(c for r in rows for c in r))
+    head = "".join(f"<th>{escape(str(c))}</th>" for c in cols)
+    body = "".join("<tr>" + "".join(f"<td>{escape('' if r.get(c) is None else str(r.get(c)))}</td>" for c in cols)
+                   + "</tr>" for r in rows)
+    return f"<h2>sessions</h2><table><tr>{head}</tr>{body}</table>"
+
+
+def configuration_page(cfg, path, sessions=None, title: str = "califlow configuration") -> Path:
+    """Write the resolved configuration (and the sessions sheet) as one HTML page.
+
+    Parameters
+    ----------
+    cfg : mapping
+        The resolved configuration the jobs ran with (:func:`califlow.params.resolve_config`).
+    path : path
+        Output ``.html`` file (written atomically).
+    sessions : list of dict, optional
+        Rows of the sessions sheet (animal, session, path, ...).
+    title : str
+        Page heading.
+
+    Returns
+    -------
+    Path
+        ``path``. Each parameter is listed with the value used, the default and the schema's
+        description; values that differ from the default are highlighted.
+    """
+    from html import escape
+
+    from califlow import __version__
+    from califlow.io.store import atomic_output
+    from califlow.params import config_schema, resolve_config
+
+    schema = config_schema()
+    parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{escape(title)}</title>",
+             f"<style>{_PAGE_STYLE}</style></head><body><h1>{escape(title)}</h1>",
+             f"<p>califlow {escape(__version__)}. Highlighted rows differ from the default. With "
+             "<code>general.gSig: auto</code> the gSig each animal ran with is in "
+             "<code>results/ANIMAL/neuron_size.json</code>.</p>"]
+    parts += _config_table(cfg, resolve_config({}), schema)
+    parts.append(_sessions_table(sessions))
+    parts.append("</body></html>")
+    path = Path(path)
+    with atomic_output(path) as tmp:
+        Path(tmp).write_text("\n".join(parts), encoding="utf-8")
+    return path

@@ -11,16 +11,16 @@ and path.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import pandas as pd
 
 from califlow.errors import InputError
 from califlow.params import sessions_schema
 
-__all__ = ["REQUIRED_COLUMNS", "OPTIONAL_COLUMNS", "SUBJECT_COLUMNS", "describe_sources", "read_sessions", "subject_of", "sessions_from_files",
-           "validate_sessions", "write_sessions"]
+__all__ = ["REQUIRED_COLUMNS", "OPTIONAL_COLUMNS", "SUBJECT_COLUMNS", "describe_sources", "read_sessions", "subject_of",
+           "sessions_from_files", "validate_sessions", "write_sessions"]
 
 REQUIRED_COLUMNS = ("animal", "session", "path")
 SUBJECT_COLUMNS = ("subject_id", "species", "sex", "age", "genotype")
@@ -63,6 +63,29 @@ def validate_sessions(sheet: pd.DataFrame, *, source: str = "sessions sheet",
     InputError
         Naming the row, the column and the value at fault.
     """
+    sheet = _with_all_columns(sheet, source)
+    _check_subjects(sheet, source)
+    prefixes = [Path(p) for p in may_be_missing]
+    for i, row in sheet.reset_index(drop=True).iterrows():
+        label = f"{source}: {_row_label(row, i)}"
+        _check_row_values(row, label)
+        if check_paths:
+            _check_row_path(row, label, Path(base_dir), prefixes, file_extension)
+    for col in ("animal", "session", "path"):
+        sheet[col] = sheet[col].astype(str).str.strip()
+    _check_unique_sessions(sheet, source)
+    sheet["fps"] = pd.to_numeric(sheet["fps"], errors="coerce").astype(float)
+    return _sorted_by_order(sheet, source).set_index(["animal", "session"], drop=False)
+
+
+def _with_all_columns(sheet: pd.DataFrame, source: str) -> pd.DataFrame:
+    """The sheet re-indexed from 0 with stripped column names and every optional column (None when absent).
+
+    Raises
+    ------
+    InputError
+        A required column is missing, a column is unknown, or the sheet has no rows.
+    """
     sheet = sheet.reset_index(drop=True)
     sheet.columns = [str(c).strip() for c in sheet.columns]
     unknown = [c for c in sheet.columns if c not in REQUIRED_COLUMNS + OPTIONAL_COLUMNS]
@@ -80,50 +103,59 @@ def validate_sessions(sheet: pd.DataFrame, *, source: str = "sessions sheet",
     for col in ("fps", "order") + SUBJECT_COLUMNS:
         if col not in sheet.columns:
             sheet[col] = None
-    _check_subjects(sheet, source)
-    prefixes = [Path(p) for p in may_be_missing]
-    base = Path(base_dir)
-    for i, row in sheet.reset_index(drop=True).iterrows():
-        label = _row_label(row, i)
-        for col in ("animal", "session", "path"):
-            value = row[col]
-            if pd.isna(value) or str(value).strip() == "":
-                raise InputError(f"{source}: {label}: column {col!r} is empty")
-        for col in ("animal", "session"):
-            if not _NAME.match(str(row[col])):
-                raise InputError(f"{source}: {label}: {col} {str(row[col])!r} is not allowed; use letters, "
-                                 "digits, '_', '-' or '.', starting with a letter or digit")
-        fps = row["fps"]
-        if not (fps is None or pd.isna(fps)):
-            try:
-                fps_value = float(fps)
-            except (TypeError, ValueError):
-                raise InputError(f"{source}: {label}: fps {fps!r} is not a number") from None
-            if not fps_value > 0:
-                raise InputError(f"{source}: {label}: fps {fps!r} is not allowed; it must be > 0")
-        order = row["order"]
-        if not (order is None or pd.isna(order)):
-            try:
-                if float(order) != int(float(order)):
-                    raise ValueError
-            except (TypeError, ValueError):
-                raise InputError(f"{source}: {label}: order {order!r} is not an integer") from None
-        if check_paths:
-            path = Path(str(row["path"]))
-            full = path if path.is_absolute() else base / path
-            exempt = any(_is_under(path, p) for p in prefixes)
-            if not exempt and not full.exists():
-                raise InputError(f"{source}: {label}: path {str(row['path'])!r} does not exist")
-            if file_extension is not None and full.exists():
-                from califlow.io.readers import probe_recording
+    return sheet
 
-                try:
-                    probe_recording(full, file_extension=file_extension)
-                except InputError as exc:
-                    raise InputError(f"{source}: {label}: {exc}") from None
-    sheet["animal"] = sheet["animal"].astype(str).str.strip()
-    sheet["session"] = sheet["session"].astype(str).str.strip()
-    sheet["path"] = sheet["path"].astype(str).str.strip()
+
+def _check_row_values(row: pd.Series, label: str) -> None:
+    """One row's names (non-empty, allowed characters), ``fps`` (a number > 0) and ``order`` (an integer).
+
+    ``label`` prefixes every message (source and row).
+    """
+    for col in ("animal", "session", "path"):
+        value = row[col]
+        if pd.isna(value) or str(value).strip() == "":
+            raise InputError(f"{label}: column {col!r} is empty")
+    for col in ("animal", "session"):
+        if not _NAME.match(str(row[col])):
+            raise InputError(f"{label}: {col} {str(row[col])!r} is not allowed; use letters, "
+                             "digits, '_', '-' or '.', starting with a letter or digit")
+    fps = row["fps"]
+    if not (fps is None or pd.isna(fps)):
+        try:
+            fps_value = float(fps)
+        except (TypeError, ValueError):
+            raise InputError(f"{label}: fps {fps!r} is not a number") from None
+        if not fps_value > 0:
+            raise InputError(f"{label}: fps {fps!r} is not allowed; it must be > 0")
+    order = row["order"]
+    if not (order is None or pd.isna(order)):
+        try:
+            if float(order) != int(float(order)):
+                raise ValueError
+        except (TypeError, ValueError):
+            raise InputError(f"{label}: order {order!r} is not an integer") from None
+
+
+def _check_row_path(row: pd.Series, label: str, base: Path, prefixes: list[Path],
+                    file_extension: str | None) -> None:
+    """The row's recording exists (relative paths under ``base``; paths under ``prefixes`` may be
+    absent) and, with ``file_extension``, probes as a readable recording."""
+    path = Path(str(row["path"]))
+    full = path if path.is_absolute() else base / path
+    exempt = any(_is_under(path, p) for p in prefixes)
+    if not exempt and not full.exists():
+        raise InputError(f"{label}: path {str(row['path'])!r} does not exist")
+    if file_extension is not None and full.exists():
+        from califlow.io.readers import probe_recording
+
+        try:
+            probe_recording(full, file_extension=file_extension)
+        except InputError as exc:
+            raise InputError(f"{label}: {exc}") from None
+
+
+def _check_unique_sessions(sheet: pd.DataFrame, source: str) -> None:
+    """Each (animal, session) pair appears once; the error names the pairs and their file rows."""
     dup = sheet.duplicated(["animal", "session"], keep=False)
     if dup.any():
         rows = [int(i) + 2 for i in sheet.index[dup.to_numpy()]]
@@ -131,7 +163,17 @@ def validate_sessions(sheet: pd.DataFrame, *, source: str = "sessions sheet",
         raise InputError(f"{source}: duplicate session name(s) {', '.join(f'{a}/{s}' for a, s in pairs)}"
                          + (f" (rows {', '.join(map(str, rows))})" if rows else "")
                          + "; each session of an animal needs a unique name")
-    sheet["fps"] = pd.to_numeric(sheet["fps"], errors="coerce").astype(float)
+
+
+def _sorted_by_order(sheet: pd.DataFrame, source: str) -> pd.DataFrame:
+    """Sort by animal, then explicit ``order`` (rows without one after, in sheet order); renumber
+    ``order`` 0, 1, ... per animal.
+
+    Raises
+    ------
+    InputError
+        Two sessions of an animal share an explicit order value.
+    """
     sheet["sheet_position"] = range(len(sheet))
     order = pd.to_numeric(sheet["order"], errors="coerce")
     sheet["order"] = order.fillna(pd.Series(range(len(sheet)), index=sheet.index) + 10**9).astype(int)
@@ -142,8 +184,7 @@ def validate_sessions(sheet: pd.DataFrame, *, source: str = "sessions sheet",
                              f"{int(explicit[explicit.duplicated()].iloc[0])}")
     sheet = sheet.sort_values(["animal", "order", "sheet_position"], kind="stable")
     sheet["order"] = sheet.groupby("animal").cumcount()
-    sheet = sheet.drop(columns="sheet_position")
-    return sheet.set_index(["animal", "session"], drop=False)
+    return sheet.drop(columns="sheet_position")
 
 
 def _check_subjects(sheet: pd.DataFrame, source: str) -> None:

@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["DIAMETER_PER_GSIG", "FLOOR_FRACTION", "CEILING_FRACTION", "effective_gsig", "gsig_mismatch", "bv_size", "enhance_disk_radius", "speck_sigma",
-           "ring_radius", "contrast_window", "local_max_radius", "box_radius", "min_pixel", "gsiz"]
+__all__ = ["DIAMETER_PER_GSIG", "FLOOR_FRACTION", "CEILING_FRACTION", "effective_gsig", "gsig_mismatch", "bv_size",
+           "enhance_disk_radius", "speck_sigma", "ring_radius", "contrast_window", "local_max_radius", "box_radius",
+           "min_pixel", "gsiz"]
 
 #: Half-maximum neuron diameter (px) per unit of gSig, for the gSig that ``gSig: auto`` uses and
 #: the floor of :func:`effective_gsig` (CaliAli's own footprints: 7-8 px at gSig 2.5).

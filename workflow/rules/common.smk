@@ -8,9 +8,13 @@ from pathlib import Path
 from snakemake.utils import validate
 
 from califlow.cohort_check import check_animals
+from califlow.host import physical_memory_gb
 from califlow.params import resolve_config
 from califlow.sessions import read_sessions, sessions_from_files, subject_of, validate_sessions
 
+
+# envs/califlow.post-deploy.sh installs califlow from here when Snakemake deploys the conda env
+os.environ.setdefault("CALIFLOW_SOURCE_DIR", str(Path(workflow.basedir)))
 
 # ---- configuration: validated (with defaults filled in) before any job runs -------------
 CFG = resolve_config(config)  # readable errors: names the key, the value and what is allowed
@@ -82,6 +86,13 @@ def animal_fps(wildcards):
     return [None if f != f else float(f) for f in SESSIONS.loc[wildcards.animal]["fps"]]
 
 
+def sessions_sheet_rows():
+    """The sessions sheet as a list of rows (for the report's configuration page)."""
+    cols = [c for c in SESSIONS.columns if c != "order" and SESSIONS[c].notna().any()]
+    table = SESSIONS[cols].astype(object).where(SESSIONS[cols].notna(), None)
+    return table.to_dict("records")
+
+
 NEURON_SIZE = "results/{animal}/neuron_size.json"
 
 
@@ -124,13 +135,16 @@ def demo_session_dirs(wildcards):
 def cnmfe_mem_mb(wildcards, attempt):
     """Memory request of CNMF-E jobs (MB): memory_size_to_use plus 1 GB of overhead per attempt.
 
-    When memory_size_to_use is left empty (all of the workstation's memory) the request is
-    4 GB per attempt; set memory_size_to_use on a cluster.
+    With memory_size_to_use left empty, a local run asks for 90 % of this machine's memory
+    and a cluster job for 4 GB per attempt; the job then plans for what it was given
+    (califlow.host.memory_budget_gb). Resources never trigger a rerun; params would.
     """
     budget = config["cnmfe"].get("memory_size_to_use")
-    if budget is None:
-        return 4000 * attempt
-    return int(1000 * float(budget)) + 1000 * attempt
+    if budget is not None:
+        return int(1000 * float(budget)) + 1000 * attempt
+    if workflow.local_exec:
+        return int(0.9 * physical_memory_gb() * 1000)
+    return 4000 * attempt
 
 
 def final_outputs():
@@ -142,6 +156,7 @@ def final_outputs():
     for animal in ANIMALS:
         for name in ANIMAL_TARGETS:
             targets.append(name.format(animal=animal))
+    targets += COHORT_TARGETS
     # the demo cohort's ground truth, to score the results against
     targets += [f"{DEMO_DIR}/{animal}/ground_truth.zarr" for animal in DEMO_ANIMALS]
     return targets
@@ -150,6 +165,7 @@ def final_outputs():
 # Rule files append the outputs they deliver to these lists.
 SESSION_TARGETS = []
 ANIMAL_TARGETS = []
+COHORT_TARGETS = []  # once per run (no wildcards), e.g. the report's configuration page
 
 
 def demo_animal_index(wildcards):

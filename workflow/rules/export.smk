@@ -1,4 +1,5 @@
-# Per session and per animal: tables, NWB and Inscopix exports, QC figures for the report.
+# Per session and per animal: tables, NWB and Inscopix exports, QC figures for the report; once per
+# run: the report's configuration page.
 
 
 rule events_table:
@@ -139,3 +140,28 @@ ANIMAL_TARGETS.extend(
         "results/{animal}/qc/seeds.png",
     ]
 )
+
+
+rule report_configuration:
+    localrule: True
+    output:
+        report(
+            "results/configuration.html",
+            caption="../report/configuration.rst",
+            category="4. Configuration",
+            labels={"page": "configuration"},
+        ),
+    params:
+        config=CFG,
+        sessions=sessions_sheet_rows(),
+    log:
+        "logs/report_configuration.log",
+    benchmark:
+        "logs/report_configuration.benchmark.tsv"
+    conda:
+        "../../envs/califlow.yaml"
+    script:
+        "../../scripts/report_configuration.py"
+
+
+COHORT_TARGETS.append("results/configuration.html")

@@ -9,8 +9,8 @@
 - :func:`residual_misalignment`, :func:`alignment_metrics`: quality measures.
 """
 
-from califlow.align.maps import apply_map, identity_map, invert_map, map_points
 from califlow.align.concat import concatenate, read_projections
+from califlow.align.maps import apply_map, identity_map, invert_map, map_points
 from califlow.align.pipeline import STAGES, Alignment, align_options, align_sessions, load_alignment, save_alignment
 from califlow.align.qc import save_overlays
 from califlow.align.quality import alignment_metrics, residual_misalignment

@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -28,8 +29,16 @@ from califlow.align.features import PROJECTION_KEYS
 from califlow.align.maps import BilinearWarp
 from califlow.align.pipeline import Alignment, load_alignment
 from califlow.errors import InputError
-from califlow.io.store import (MOVIE_CHUNKS, FrameWriter, atomic_output, create_image, create_movie, open_group,
-                               set_provenance)
+from califlow.io.store import (
+    MOVIE_CHUNKS,
+    FrameWriter,
+    atomic_output,
+    create_image,
+    create_movie,
+    open_group,
+    set_provenance,
+)
+from califlow.params import default_config
 from califlow.progress import Progress
 
 __all__ = ["concatenate", "read_projections", "read_vessel_pulse"]
@@ -85,7 +94,7 @@ def _open_enhanced(path: Path) -> tuple[Any, float | None, dict]:
 def concatenate(enhanced: Sequence[str | os.PathLike], alignment: Alignment | str | os.PathLike,
                 out_path: str | os.PathLike, *, names: Sequence[str] | None = None,
                 projections: Sequence[Mapping[str, np.ndarray] | str | os.PathLike] | None = None,
-                chunk_frames: int = MOVIE_CHUNKS[0], fps_tolerance: float = 0.01,
+                chunk_frames: int = MOVIE_CHUNKS[0], fps_tolerance: float | None = None,
                 params: Mapping | None = None) -> dict:
     """Warp every session's enhanced movie through its map and write ``aligned.zarr``.
 
@@ -103,8 +112,9 @@ def concatenate(enhanced: Sequence[str | os.PathLike], alignment: Alignment | st
         Per-session projections to store aligned (``mean``, ``bv``, ``cn``, ``pnr``).
     chunk_frames : int
         Frames read and warped per block (also the time chunk of ``movie``).
-    fps_tolerance : float
-        Largest relative difference of frame rates accepted between sessions.
+    fps_tolerance : float, optional
+        Largest relative difference of frame rates accepted between sessions
+        (``inter_session_alignment.fps_tolerance`` of the schema when not given).
     params : mapping, optional
         Resolved configuration, stored as provenance.
 
@@ -150,6 +160,8 @@ def concatenate(enhanced: Sequence[str | os.PathLike], alignment: Alignment | st
     if not jobs:
         raise InputError("concatenate: no session left to concatenate")
     fps0 = jobs[0][3]
+    if fps_tolerance is None:
+        fps_tolerance = default_config()["inter_session_alignment"]["fps_tolerance"]
     bad = [(nm, f) for nm, _, _, f, *_ in jobs if abs(f - fps0) > fps_tolerance * fps0]
     if bad:
         listing = ", ".join(f"{nm}: {f:g} fps" for nm, _, _, f, *_ in jobs)
@@ -173,7 +185,7 @@ def concatenate(enhanced: Sequence[str | os.PathLike], alignment: Alignment | st
         root = open_group(tmp, mode="w")
         arr = create_movie(root, "movie", (total, H, W), chunks=(chunk_frames, MOVIE_CHUNKS[1], MOVIE_CHUNKS[2]))
         with FrameWriter(arr) as writer:
-            for nm, p, movie, fps, attrs, k, i in jobs:
+            for nm, p, movie, _fps, _attrs, k, i in jobs:
                 warp = BilinearWarp(al.maps[k], al.session_shapes[k], fill=0.0)
                 n = int(movie.shape[0])
                 pulse = (read_vessel_pulse(projections[i], n)

@@ -15,8 +15,8 @@ smoothed with ``sigma_fluid`` (masked normalised convolution), composed into the
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Mapping, Sequence
 
 import cv2
 import numpy as np
@@ -56,7 +56,8 @@ def pyramid_for(projections: str, *, smoothness: float = 4.0, neurons_only: bool
 
     'BV+neuron': vessels and neurons on the coarse levels, with the fused image in the middle,
     neurons and fused at full resolution; each channel is weighted by its reliability (see
-    :func:`_channel_weights`), so sharp vessels drive the coarse levels and noisy ones do not. 'BV': vessels everywhere. 'neuron' (or ``neurons_only``): neurons
+    :func:`_channel_weights`), so sharp vessels drive the coarse levels and noisy ones do not.
+    'BV': vessels everywhere. 'neuron' (or ``neurons_only``): neurons
     everywhere. ``smoothness`` is the field regularisation (``sigma_diffusion``) in px of
     each level's grid (CaliAli uses 3-4).
     """
@@ -99,7 +100,8 @@ def _grad(img: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _warp(img: np.ndarray, py: np.ndarray, px: np.ndarray) -> np.ndarray:
-    return cv2.remap(img, np.asarray(px, np.float32), np.asarray(py, np.float32), interpolation=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0.0)
+    return cv2.remap(img, np.asarray(px, np.float32), np.asarray(py, np.float32), interpolation=cv2.INTER_LINEAR,
+                     borderMode=cv2.BORDER_CONSTANT, borderValue=0.0)
 
 
 def _channel_weights(fixed, moving, fmask, mmask, u, ident) -> list[float]:
@@ -137,7 +139,7 @@ def _run_level(fixed: Sequence[np.ndarray], moving: Sequence[np.ndarray], fmask:
     weights = _channel_weights(fixed, moving, fmask, mmask, u, ident) if len(fixed) > 1 else [1.0]
     energies: list[float] = []
     best_u, best_e = u, np.inf
-    for it in range(level.n_iter):
+    for _ in range(level.n_iter):
         py = ident[0] + u[0]
         px = ident[1] + u[1]
         wmask = (_warp(mmask, py, px) > 0.99) & fmask

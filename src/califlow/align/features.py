@@ -15,7 +15,7 @@ and session. Invalid (non-finite) pixels are excluded through a mask.
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import cv2
 import numpy as np
@@ -61,7 +61,8 @@ def check_projections(projections: Mapping[str, np.ndarray], name: str, *, need:
             raise InputError(f"session {name!r}: projection {key!r} has shape {arr.shape}, others {shape}")
         finite = np.isfinite(arr)
         if finite.mean() < 0.5:
-            raise InputError(f"session {name!r}: projection {key!r} is mostly NaN/inf ({100 * (1 - finite.mean()):.0f}%)")
+            raise InputError(f"session {name!r}: projection {key!r} is mostly NaN/inf "
+                             f"({100 * (1 - finite.mean()):.0f}%)")
         if np.nanstd(arr[finite]) == 0:
             raise InputError(f"session {name!r}: projection {key!r} is constant; the session has no usable image")
     if shape is None or min(shape) < min_side:
@@ -114,7 +115,8 @@ def neuron_image(projections: Mapping[str, np.ndarray], mask: np.ndarray | None 
     return cn
 
 
-def registration_channels(projections: Mapping[str, np.ndarray], *, sigma: float) -> tuple[dict[str, np.ndarray], np.ndarray]:
+def registration_channels(projections: Mapping[str, np.ndarray], *,
+                          sigma: float) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Registration channels of one session.
 
     Parameters

@@ -15,58 +15,24 @@ removal would enlarge it most is reported as the limiting one, and the policy de
 from __future__ import annotations
 
 import logging
-from typing import Sequence
+from collections.abc import Sequence
 
-import numba
 import numpy as np
 
 from califlow.errors import InputError
+from califlow.motion.warp import largest_valid_rectangle as largest_rectangle
 
 __all__ = ["largest_rectangle", "common_fov"]
 
 log = logging.getLogger("califlow.align")
 
 
-@numba.njit(cache=True)
-def _largest_rectangle(mask):
-    h, w = mask.shape
-    heights = np.zeros(w + 1, np.int64)
-    stack = np.zeros(w + 2, np.int64)
-    best = 0
-    by0, by1, bx0, bx1 = 0, 0, 0, 0
-    for i in range(h):
-        for j in range(w):
-            heights[j] = heights[j] + 1 if mask[i, j] else 0
-        heights[w] = 0
-        top = 0
-        for j in range(w + 1):
-            while top > 0 and heights[stack[top - 1]] >= heights[j]:
-                hh = heights[stack[top - 1]]
-                top -= 1
-                left = stack[top - 1] + 1 if top > 0 else 0
-                area = hh * (j - left)
-                if area > best:
-                    best = area
-                    by0, by1, bx0, bx1 = i - hh + 1, i + 1, left, j
-            stack[top] = j
-            top += 1
-    return by0, by1, bx0, bx1
-
-
-def largest_rectangle(mask: np.ndarray) -> tuple[int, int, int, int]:
-    """Largest axis-aligned rectangle of True pixels: (y0, y1, x0, x1), end-exclusive."""
-    m = np.ascontiguousarray(mask, dtype=np.bool_)
-    if not m.any():
-        return 0, 0, 0, 0
-    return tuple(int(v) for v in _largest_rectangle(m))
-
-
 def _area(box: tuple[int, int, int, int]) -> int:
     return (box[1] - box[0]) * (box[3] - box[2])
 
 
-def common_fov(valid: np.ndarray, names: Sequence[str], *, policy: str = "crop",
-               max_fov_loss: float = 0.3, min_sessions: int = 2) -> dict:
+def common_fov(valid: np.ndarray, names: Sequence[str], *, policy: str,
+               max_fov_loss: float, min_sessions: int = 2) -> dict:
     """Decide the common field of view.
 
     Parameters
@@ -95,23 +61,8 @@ def common_fov(valid: np.ndarray, names: Sequence[str], *, policy: str = "crop",
     if policy not in ("crop", "drop", "pad"):
         raise InputError(f"inter_session_alignment.fov_policy must be 'crop', 'drop' or 'pad', not {policy!r}")
     n, h, w = valid.shape
-    total = float(h * w)
     kept = list(range(n))
-
-    def analyse(idx: list[int]) -> tuple[tuple, float, int | None, float]:
-        inter = np.logical_and.reduce(valid[idx], axis=0)
-        box = largest_rectangle(inter)
-        loss = 1.0 - _area(box) / total
-        lim, gain = None, 0.0
-        if len(idx) > 1:
-            for s in idx:
-                others = [t for t in idx if t != s]
-                g = (_area(largest_rectangle(np.logical_and.reduce(valid[others], axis=0))) - _area(box)) / total
-                if g > gain:
-                    lim, gain = s, g
-        return box, loss, lim, gain
-
-    box, loss, lim, gain = analyse(kept)
+    box, loss, lim, gain = _analyse(valid, kept)
     info = {"policy": policy, "grid_shape": [h, w], "max_fov_loss": max_fov_loss,
             "limiting_session": names[lim] if lim is not None else None, "limiting_gain": gain,
             "intersection_loss": loss, "dropped": []}
@@ -131,7 +82,33 @@ def common_fov(valid: np.ndarray, names: Sequence[str], *, policy: str = "crop",
                 "or 'pad' (keep the full grid), or raise max_fov_loss.")
         info.update(box=box, kept=kept, loss=loss)
         return info
-    # drop
+    return _drop_limiting(valid, names, kept, (box, loss, lim, gain), info, max_fov_loss, min_sessions)
+
+
+def _analyse(valid: np.ndarray, idx: list[int]) -> tuple[tuple, float, int | None, float]:
+    """Largest rectangle of the sessions ``idx`` and the session limiting it.
+
+    Returns ``(box, loss, lim, gain)``: the box (y0, y1, x0, x1), the fraction of the (H, W)
+    grid it loses, the index of the session whose removal enlarges it most (None if none
+    does) and the fraction of the grid that removal would win back.
+    """
+    total = float(valid.shape[1] * valid.shape[2])
+    box = largest_rectangle(np.logical_and.reduce(valid[idx], axis=0))
+    loss = 1.0 - _area(box) / total
+    lim, gain = None, 0.0
+    if len(idx) > 1:
+        for s in idx:
+            others = [t for t in idx if t != s]
+            g = (_area(largest_rectangle(np.logical_and.reduce(valid[others], axis=0))) - _area(box)) / total
+            if g > gain:
+                lim, gain = s, g
+    return box, loss, lim, gain
+
+
+def _drop_limiting(valid: np.ndarray, names: Sequence[str], kept: list[int], state: tuple, info: dict,
+                   max_fov_loss: float, min_sessions: int) -> dict:
+    """Policy ``drop``: remove limiting sessions until the loss is within ``max_fov_loss``."""
+    box, loss, lim, _ = state
     while loss > max_fov_loss:
         if lim is None or len(kept) - 1 < min_sessions:
             raise InputError(
@@ -141,6 +118,6 @@ def common_fov(valid: np.ndarray, names: Sequence[str], *, policy: str = "crop",
         log.warning("fov_policy 'drop': dropping session %r, which limits the common field of view", names[lim])
         info["dropped"].append(names[lim])
         kept.remove(lim)
-        box, loss, lim, gain = analyse(kept)
+        box, loss, lim, _ = _analyse(valid, kept)
     info.update(box=box, kept=kept, loss=loss)
     return info

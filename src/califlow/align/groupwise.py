@@ -18,7 +18,7 @@ Rounds stop when the largest mean update is below ``tol_px``.
 from __future__ import annotations
 
 import logging
-from typing import Sequence
+from collections.abc import Sequence
 
 import cv2
 import numpy as np

@@ -98,7 +98,8 @@ def apply_map(image: np.ndarray, map_: np.ndarray, *, to: str = "aligned",
     else:
         raise ValueError(f"apply_map: to must be 'aligned' or 'session', not {to!r}")
     if image.shape[-2:] != tuple(src_shape):
-        raise ValueError(f"apply_map: image shape {image.shape[-2:]} does not match the source frame {tuple(src_shape)}")
+        raise ValueError(f"apply_map: image shape {image.shape[-2:]} does not match the source frame "
+                         f"{tuple(src_shape)}")
     warp = BilinearWarp(src_map, src_shape, fill=fill)
     if image.ndim == 2:
         return warp(image[None])[0]

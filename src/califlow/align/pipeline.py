@@ -21,25 +21,25 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any
 
 import numpy as np
 
 from califlow.align.demons import pyramid_for
-from califlow.align.features import (MIN_ALIGN_SIDE, check_projections, neuron_image, normalise01,
-                                     registration_channels)
+from califlow.align.features import MIN_ALIGN_SIDE, check_projections, neuron_image, normalise01, registration_channels
 from califlow.align.fov import common_fov
 from califlow.align.groupwise import groupwise_nonrigid, warp_channels
 from califlow.align.maps import identity_map
 from califlow.align.quality import alignment_metrics
 from califlow.align.score import bv_stability_score
 from califlow.align.translation import groupwise_translation
+from califlow.cohort_check import size_difference
 from califlow.errors import InputError
 from califlow.params import numeric_gsig
-from califlow.cohort_check import size_difference
 
-__all__ = ["Alignment", "align_sessions", "align_options", "save_alignment", "load_alignment", "STAGES"]
+__all__ = ["Alignment", "AlignOptions", "align_sessions", "align_options", "save_alignment", "load_alignment", "STAGES"]
 
 log = logging.getLogger("califlow.align")
 
@@ -84,9 +84,8 @@ class Alignment:
     info : dict
         Diagnostics (translation links, non-rigid updates per round, BV pair scores).
     qc : dict
-        stage -> {"bv"|"neuron": (n, H, W)} images of up to 3 sessions (first, middle,
-        last; names in ``info["qc_sessions"]``) in the aligned frame, for the QC overlays
-        (not saved).
+        stage -> {"bv"|"neuron": (S, H, W)} images of every session (names in
+        ``info["qc_sessions"]``) in the aligned frame, for the QC overlays (not saved).
     stage_maps : dict
         stage -> (S, 2, H, W) maps of every input session after that stage, on the aligned
         frame, without NaN (for diagnostics and benchmarks; not saved).
@@ -119,33 +118,58 @@ class Alignment:
         try:
             return self.maps[self.names.index(name)]
         except ValueError:
-            raise KeyError(f"session {name!r} is not in this alignment (sessions: {self.names}; dropped: {self.dropped})") from None
+            raise KeyError(f"session {name!r} is not in this alignment (sessions: {self.names}; "
+                           f"dropped: {self.dropped})") from None
 
 
-def align_options(config: Mapping[str, Any]) -> dict:
-    """Keyword arguments of :func:`align_sessions` from a resolved califlow configuration.
+@dataclass(frozen=True)
+class AlignOptions:
+    """Options of :func:`align_sessions`: the ``inter_session_alignment`` group and ``general.gSig``.
 
-    Reads the ``inter_session_alignment`` group (``projections`` becomes ``mode``,
-    ``nonrigid_smoothness`` ``smoothness``, ``nonrigid_rounds`` ``n_rounds``, ``bv_score_seed``
-    ``seed``) and ``general.gSig``.
+    Field names are the config keys (``projections`` is the images that drive the
+    alignment: 'BV+neuron', 'BV' or 'neuron'). No field has a default: the schema holds them;
+    build instances with :func:`align_options` (and :func:`dataclasses.replace` to change one).
     """
-    g = dict(config.get("inter_session_alignment", {}))
-    opts = {
-        "do_alignment": g.get("do_alignment", True),
-        "mode": g.get("projections", "BV+neuron"),
-        "final_neurons": bool(g.get("final_neurons", False)),
-        "Force_BV": bool(g.get("Force_BV", False)),
-        "bv_score_threshold": float(g.get("bv_score_threshold", 2.7)),
-        "fov_policy": g.get("fov_policy", "crop"),
-        "max_fov_loss": float(g.get("max_fov_loss", 0.3)),
-        "gSig": numeric_gsig(config) if "gSig" in config.get("general", {}) else 2.5,
-    }
-    for key, arg in (("nonrigid_smoothness", "smoothness"), ("nonrigid_rounds", "n_rounds"),
-                     ("bv_score_draws", "bv_score_draws"), ("bv_score_seed", "seed"),
-                     ("max_size_difference", "max_size_difference")):
-        if key in g:
-            opts[arg] = g[key]
-    return opts
+
+    do_alignment: bool
+    projections: str
+    final_neurons: bool
+    Force_BV: bool
+    bv_score_threshold: float
+    fov_policy: str
+    max_fov_loss: float
+    nonrigid_smoothness: float
+    nonrigid_rounds: int
+    bv_score_draws: int
+    bv_score_seed: int
+    max_size_difference: float
+    gSig: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+#: Keys of ``inter_session_alignment`` that :class:`AlignOptions` holds (all but gSig).
+_OPTION_KEYS = tuple(f.name for f in fields(AlignOptions) if f.name != "gSig")
+
+
+def align_options(config: Mapping[str, Any] | None = None, **changes) -> AlignOptions:
+    """:class:`AlignOptions` from a (partial or resolved) califlow configuration.
+
+    Parameters
+    ----------
+    config : mapping, optional
+        Configuration; validated and resolved here (defaults from the schema). gSig must be
+        a number (apply a measured neuron size first when it is 'auto').
+    **changes
+        Fields to override, e.g. ``max_fov_loss=0.5``.
+    """
+    from califlow.params import resolve_config
+
+    cfg = resolve_config(config or {})
+    g = cfg["inter_session_alignment"]
+    opts = AlignOptions(gSig=numeric_gsig(cfg), **{k: g[k] for k in _OPTION_KEYS})
+    return replace(opts, **changes)
 
 
 def _common_grid(shapes: Sequence[tuple[int, int]], names: Sequence[str], max_size_difference: float
@@ -163,7 +187,8 @@ def _common_grid(shapes: Sequence[tuple[int, int]], names: Sequence[str], max_si
 
 
 def _qc_pick(n: int) -> list[int]:
-    return sorted({0, n // 2, n - 1})
+    """Sessions whose aligned images the QC overlays show: every one (each has its colour)."""
+    return list(range(n))
 
 
 class _Stager:
@@ -203,12 +228,8 @@ class _Stager:
                  stage, m["mean_corr"], m["min_corr"], m["crispness"], self.metrics[stage]["bv"]["mean_corr"])
 
 
-def align_sessions(projections: Sequence[Mapping[str, np.ndarray]], names: Sequence[str] | None = None, *,
-                   do_alignment: bool = True, mode: str = "BV+neuron", final_neurons: bool = False,
-                   Force_BV: bool = False, bv_score_threshold: float = 2.7, fov_policy: str = "crop",
-                   max_fov_loss: float = 0.3, gSig: float = 2.5, smoothness: float = 4.0,
-                   n_rounds: int = 2, bv_score_draws: int = 100, seed: int = 123,
-                   max_size_difference: float = 0.25) -> Alignment:
+def align_sessions(projections: Sequence[Mapping[str, np.ndarray]], names: Sequence[str] | None = None,
+                   options: AlignOptions | None = None) -> Alignment:
     """Bring the sessions of one animal into one common frame.
 
     Parameters
@@ -218,33 +239,35 @@ def align_sessions(projections: Sequence[Mapping[str, np.ndarray]], names: Seque
         ``cn`` required); frames may differ by a few pixels between sessions.
     names : sequence of S str, optional
         Session names (default ``s0, s1, ...``).
-    do_alignment : bool
-        False: centre-crop to the common size only (path 'none').
-    mode : {"BV+neuron", "BV", "neuron"}
-        Projections that drive the alignment (config ``projections``).
-    final_neurons : bool
-        Add a neuron-only refinement pass.
-    Force_BV : bool
-        Keep the vessel-driven result even when its BV score is below the threshold.
-    bv_score_threshold : float
-        BV stability score below which the alignment is redone on neurons (CaliAli 2.7).
-    fov_policy : {"crop", "drop", "pad"}, max_fov_loss : float
-        Common field of view policy (see :mod:`califlow.align.fov`).
-    gSig : float
-        Neuron size parameter (px); sets the local-contrast window (4 gSig).
-    smoothness : float
-        Regularisation of the non-rigid fields (px of each pyramid level).
-    n_rounds : int
-        Groupwise non-rigid rounds.
-    bv_score_draws, seed : int
-        Perturbations of the BV score and their seed.
-    max_size_difference : float
-        Refuse sessions whose frame sizes differ by more than this fraction.
+    options : AlignOptions, optional
+        From :func:`align_options` (the schema's defaults when not given). ``gSig`` (px) sets
+        the local-contrast window (4 gSig); ``nonrigid_smoothness`` is in px of each pyramid
+        level; ``max_size_difference`` is the largest relative difference of frame sizes.
 
     Returns
     -------
     Alignment
     """
+    opts = options if options is not None else align_options()
+    names = _session_names(projections, names)
+    if opts.projections not in MODES:
+        raise InputError(f"inter_session_alignment.projections must be one of {MODES}, not {opts.projections!r}")
+    n = len(names)
+    min_side = MIN_ALIGN_SIDE if opts.do_alignment and n >= 2 else 1  # the size limit is for registration
+    shapes = [check_projections(p, nm, min_side=min_side) for p, nm in zip(projections, names)]
+    grid, offsets = _common_grid(shapes, names, opts.max_size_difference)
+    reg = _Registration(projections, names, grid, offsets, opts)
+    if opts.do_alignment and n >= 2:
+        reg.register()
+    elif opts.do_alignment:
+        log.info("one session: nothing to align")
+    else:
+        log.info("do_alignment is false: sessions are centre-cropped to the common size %dx%d", *grid)
+    log.info("alignment path: %s%s", reg.path, " (BV-score fallback)" if reg.fallback else "")
+    return reg.result(shapes)
+
+
+def _session_names(projections: Sequence, names: Sequence[str] | None) -> list[str]:
     n = len(projections)
     if n == 0:
         raise InputError("align_sessions: no session given")
@@ -254,108 +277,121 @@ def align_sessions(projections: Sequence[Mapping[str, np.ndarray]], names: Seque
     for nm in names:
         if not nm or "/" in nm or nm.startswith("."):
             raise InputError(f"align_sessions: session name {nm!r} cannot name a store group (no '/', no leading '.')")
-    if mode not in MODES:
-        raise InputError(f"inter_session_alignment.projections must be one of {MODES}, not {mode!r}")
-    params = dict(do_alignment=do_alignment, mode=mode, final_neurons=final_neurons, Force_BV=bool(Force_BV),
-                  bv_score_threshold=bv_score_threshold, fov_policy=fov_policy, max_fov_loss=max_fov_loss,
-                  gSig=gSig, smoothness=smoothness, n_rounds=n_rounds, bv_score_draws=bv_score_draws,
-                  seed=seed, max_size_difference=max_size_difference)
-    min_side = MIN_ALIGN_SIDE if do_alignment and n >= 2 else 1  # the size limit is for registration
-    shapes = [check_projections(p, nm, min_side=min_side) for p, nm in zip(projections, names)]
-    grid, offsets = _common_grid(shapes, names, max_size_difference)
-    sigma = max(4.0 * gSig, 4.0)
-    chans, masks, bv01, neu01 = [], [], [], []
-    for p in projections:
-        c, m = registration_channels(p, sigma=sigma)
-        chans.append(c)
-        masks.append(m)
-        bv01.append(normalise01(p["bv"], m))
-        neu01.append(normalise01(neuron_image(p, m), m))
-    stager = _Stager({"bv": bv01, "neuron": neu01}, masks, grid)
-    maps0 = [identity_map(grid, tuple(o)) for o in offsets]
-    stager.record("none", maps0)
-    info: dict = {}
-    translations = np.zeros((n, 2))
-    path, score, fallback = "none", None, False
-    maps = maps0
-    if do_alignment and n >= 2:
-        def translate(key: str) -> np.ndarray:
-            h0, w0 = grid
-            crops = [np.stack([c[k][int(o[0]):int(o[0]) + h0, int(o[1]):int(o[1]) + w0] for k in key.split("+")])
-                     for c, o in zip(chans, offsets)]
-            mcrops = [m[int(o[0]):int(o[0]) + h0, int(o[1]):int(o[1]) + w0] for m, o in zip(masks, offsets)]
-            t, tinfo = groupwise_translation(crops, mcrops)
-            info[f"translation_{key}"] = tinfo
-            return t
+    return names
 
-        def run(use: str) -> tuple[list[np.ndarray], np.ndarray]:
-            key = {"BV+neuron": "bv+neuron", "BV": "bv", "neuron": "neuron"}[use]
-            t = translate(key)
-            maps_t = [identity_map(grid, tuple(o + tt)) for o, tt in zip(offsets, t)]
-            log.info("translation (%s): %s", key, "; ".join(f"{nm} ({a:+.2f}, {b:+.2f})" for nm, (a, b) in zip(names, t)))
-            stager.record("translation", maps_t)
-            maps_n, ninfo = groupwise_nonrigid(chans, masks, maps_t, offsets, pyramid_for(use, smoothness=smoothness),
-                                               n_rounds=n_rounds)
-            info[f"non-rigid_{key}"] = ninfo
-            stager.record("non-rigid", maps_n)
-            return maps_n, t
 
-        maps, translations = run(mode)
-        path = "neuron" if mode == "neuron" else "BV"
+class _Registration:
+    """The registration of one animal's sessions on a common grid, stage by stage."""
+
+    def __init__(self, projections, names: list[str], grid: tuple[int, int], offsets: np.ndarray,
+                 opts: AlignOptions):
+        self.names, self.grid, self.offsets, self.opts = names, grid, offsets, opts
+        sigma = max(4.0 * opts.gSig, 4.0)
+        self.chans, self.masks, bv01, neu01 = [], [], [], []
+        for p in projections:
+            c, m = registration_channels(p, sigma=sigma)
+            self.chans.append(c)
+            self.masks.append(m)
+            bv01.append(normalise01(p["bv"], m))
+            neu01.append(normalise01(neuron_image(p, m), m))
+        self.stager = _Stager({"bv": bv01, "neuron": neu01}, self.masks, grid)
+        self.maps = [identity_map(grid, tuple(o)) for o in offsets]
+        self.stager.record("none", self.maps)
+        self.info: dict = {}
+        self.translations = np.zeros((len(names), 2))
+        self.path, self.score, self.fallback = "none", None, False
+
+    def translate(self, key: str) -> np.ndarray:
+        """Groupwise translation (S, 2) on the channels ``key`` ('bv', 'neuron' or 'bv+neuron')."""
+        h0, w0 = self.grid
+        crops = [np.stack([c[k][int(o[0]):int(o[0]) + h0, int(o[1]):int(o[1]) + w0] for k in key.split("+")])
+                 for c, o in zip(self.chans, self.offsets)]
+        mcrops = [m[int(o[0]):int(o[0]) + h0, int(o[1]):int(o[1]) + w0] for m, o in zip(self.masks, self.offsets)]
+        t, tinfo = groupwise_translation(crops, mcrops)
+        self.info[f"translation_{key}"] = tinfo
+        return t
+
+    def run(self, use: str) -> None:
+        """Translation then groupwise non-rigid registration driven by ``use`` (a mode)."""
+        key = {"BV+neuron": "bv+neuron", "BV": "bv", "neuron": "neuron"}[use]
+        t = self.translate(key)
+        maps_t = [identity_map(self.grid, tuple(o + tt)) for o, tt in zip(self.offsets, t)]
+        log.info("translation (%s): %s", key,
+                 "; ".join(f"{nm} ({a:+.2f}, {b:+.2f})" for nm, (a, b) in zip(self.names, t)))
+        self.stager.record("translation", maps_t)
+        pyramid = pyramid_for(use, smoothness=self.opts.nonrigid_smoothness)
+        self.maps, self.info[f"non-rigid_{key}"] = groupwise_nonrigid(self.chans, self.masks, maps_t, self.offsets,
+                                                                      pyramid, n_rounds=self.opts.nonrigid_rounds)
+        self.stager.record("non-rigid", self.maps)
+        self.translations = t
+
+    def register(self) -> None:
+        """Every stage: the configured path, the BV check and fallback, the final neuron pass."""
+        mode = self.opts.projections
+        self.run(mode)
+        self.path = "neuron" if mode == "neuron" else "BV"
         if mode != "neuron":
-            # cross-check: where do the neurons alone put the sessions? A vessel image dominated
-            # by a sensor-fixed pattern (lens dust, fixed-pattern noise) aligns the sessions to
-            # the sensor with a high BV score; the neurons disagree.
-            gap = np.hypot(*(translations - translate("neuron")).T)
-            info["bv_neuron_translation_gap_px"] = gap.tolist()
-            if gap.max() > 3.0:
-                worst = int(np.argmax(gap))
-                log.warning("vessels and neurons disagree on the position of session %r by %.1f px: the BV image "
-                            "may hold a sensor-fixed pattern; check the QC overlays or use projections='neuron'",
-                            names[worst], gap.max())
-            bv_img, val = stager.aligned(maps, "bv")
-            score, details = bv_stability_score(bv_img, np.logical_and.reduce(val, axis=0), n_draws=bv_score_draws,
-                                                seed=seed)
-            wi, wj = details["worst_pair"]
-            info["bv_score"] = {"score": score, "worst_pair": [names[wi], names[wj]],
-                                "pair_scores": details["pair_scores"].tolist()}
-            if score < bv_score_threshold and not Force_BV:
-                log.warning("BV stability score %.2f < %.2f (worst pair %s/%s): vessels do not support the "
-                            "alignment; redoing it on neurons only (set Force_BV to keep the vessel result)",
-                            score, bv_score_threshold, names[wi], names[wj])
-                fallback = True
-                path = "neuron"
-                info["bv_path_metrics"] = {k: stager.metrics[k] for k in ("translation", "non-rigid")}
-                maps, translations = run("neuron")
-            elif score < bv_score_threshold:
-                log.warning("BV stability score %.2f < %.2f but Force_BV is set: keeping the vessel-based alignment",
-                            score, bv_score_threshold)
-            else:
-                log.info("BV stability score %.2f >= %.2f: vessel-based alignment kept", score, bv_score_threshold)
-        if final_neurons:
-            maps, finfo = groupwise_nonrigid(chans, masks, maps, offsets,
-                                             pyramid_for("neuron", smoothness=smoothness)[2:], n_rounds=2)
-            info["final_neurons"] = finfo
-            stager.record("final_neurons", maps)
-    elif do_alignment:
-        log.info("one session: nothing to align")
-    else:
-        log.info("do_alignment is false: sessions are centre-cropped to the common size %dx%d", *grid)
-    log.info("alignment path: %s%s", path, " (BV-score fallback)" if fallback else "")
+            self.check_against_neurons()
+            self.bv_decision()
+        if self.opts.final_neurons:
+            pyramid = pyramid_for("neuron", smoothness=self.opts.nonrigid_smoothness)[2:]
+            self.maps, self.info["final_neurons"] = groupwise_nonrigid(self.chans, self.masks, self.maps,
+                                                                       self.offsets, pyramid, n_rounds=2)
+            self.stager.record("final_neurons", self.maps)
 
-    valid = stager.valid(maps)
-    fov = common_fov(valid, names, policy=fov_policy, max_fov_loss=max_fov_loss)
-    y0, y1, x0, x1 = fov["box"]
-    kept = fov["kept"]
-    final = np.stack([np.where(valid[k][None, y0:y1, x0:x1], maps[k][:, y0:y1, x0:x1], np.nan) for k in kept])
-    qc = {st: {ch: v[:, y0:y1, x0:x1] for ch, v in d.items()} for st, d in stager.qc.items()}
-    info["qc_sessions"] = [names[i] for i in _qc_pick(n)]
-    stage_maps = {st: m[:, :, y0:y1, x0:x1] for st, m in stager.maps.items()}
-    return Alignment(names=[names[k] for k in kept], maps=final.astype(np.float32),
-                     session_shapes=[shapes[k] for k in kept], path=path, bv_score=score, fallback=fallback,
-                     translations=translations[kept], offsets=offsets[kept], box=(y0, y1, x0, x1), fov=fov,
-                     metrics=stager.metrics, dropped=list(fov["dropped"]), params=params, info=info, qc=qc,
-                     stage_maps=stage_maps)
+    def check_against_neurons(self) -> None:
+        """Warn when the neurons alone put a session elsewhere than the vessels do.
+
+        A vessel image dominated by a sensor-fixed pattern (lens dust, fixed-pattern noise)
+        aligns the sessions to the sensor with a high BV score; the neurons disagree.
+        """
+        gap = np.hypot(*(self.translations - self.translate("neuron")).T)
+        self.info["bv_neuron_translation_gap_px"] = gap.tolist()
+        if gap.max() > 3.0:
+            log.warning("vessels and neurons disagree on the position of session %r by %.1f px: the BV image "
+                        "may hold a sensor-fixed pattern; check the QC overlays or use projections='neuron'",
+                        self.names[int(np.argmax(gap))], gap.max())
+
+    def bv_decision(self) -> None:
+        """BV stability score of the vessel-driven result; below the threshold, redo on neurons."""
+        o = self.opts
+        bv_img, val = self.stager.aligned(self.maps, "bv")
+        score, details = bv_stability_score(bv_img, np.logical_and.reduce(val, axis=0), n_draws=o.bv_score_draws,
+                                            seed=o.bv_score_seed)
+        wi, wj = details["worst_pair"]
+        self.score = score
+        self.info["bv_score"] = {"score": score, "worst_pair": [self.names[wi], self.names[wj]],
+                                 "pair_scores": details["pair_scores"].tolist()}
+        if score >= o.bv_score_threshold:
+            log.info("BV stability score %.2f >= %.2f: vessel-based alignment kept", score, o.bv_score_threshold)
+        elif o.Force_BV:
+            log.warning("BV stability score %.2f < %.2f but Force_BV is set: keeping the vessel-based alignment",
+                        score, o.bv_score_threshold)
+        else:
+            log.warning("BV stability score %.2f < %.2f (worst pair %s/%s): vessels do not support the "
+                        "alignment; redoing it on neurons only (set Force_BV to keep the vessel result)",
+                        score, o.bv_score_threshold, self.names[wi], self.names[wj])
+            self.fallback, self.path = True, "neuron"
+            self.info["bv_path_metrics"] = {k: self.stager.metrics[k] for k in ("translation", "non-rigid")}
+            self.run("neuron")
+
+    def result(self, shapes: list[tuple[int, int]]) -> Alignment:
+        """The :class:`Alignment` on the common field of view."""
+        names, stager = self.names, self.stager
+        valid = stager.valid(self.maps)
+        fov = common_fov(valid, names, policy=self.opts.fov_policy, max_fov_loss=self.opts.max_fov_loss)
+        y0, y1, x0, x1 = fov["box"]
+        kept = fov["kept"]
+        final = np.stack([np.where(valid[k][None, y0:y1, x0:x1], self.maps[k][:, y0:y1, x0:x1], np.nan)
+                          for k in kept])
+        qc = {st: {ch: v[:, y0:y1, x0:x1] for ch, v in d.items()} for st, d in stager.qc.items()}
+        self.info["qc_sessions"] = [names[i] for i in _qc_pick(len(names))]
+        stage_maps = {st: m[:, :, y0:y1, x0:x1] for st, m in stager.maps.items()}
+        return Alignment(names=[names[k] for k in kept], maps=final.astype(np.float32),
+                         session_shapes=[shapes[k] for k in kept], path=self.path, bv_score=self.score,
+                         fallback=self.fallback, translations=self.translations[kept], offsets=self.offsets[kept],
+                         box=(y0, y1, x0, x1), fov=fov, metrics=stager.metrics, dropped=list(fov["dropped"]),
+                         params=self.opts.to_dict(), info=self.info, qc=qc, stage_maps=stage_maps)
 
 
 def save_alignment(alignment: Alignment, path: str | os.PathLike, *, inputs: Any = None,

@@ -16,7 +16,7 @@ Deterministic: no random template choice (CaliAli picks a random first session).
 from __future__ import annotations
 
 import logging
-from typing import Sequence
+from collections.abc import Sequence
 
 import cv2
 import numpy as np
@@ -44,8 +44,11 @@ def _shifted(img: np.ndarray, d: np.ndarray, fill: float = 0.0) -> np.ndarray:
     """``img(p + d)`` (bicubic), for a 2-D image or each channel of a (C, H, W) stack."""
     m = np.array([[1, 0, d[1]], [0, 1, d[0]]], np.float32)
     flags = cv2.INTER_CUBIC | cv2.WARP_INVERSE_MAP
-    one = lambda x: cv2.warpAffine(np.ascontiguousarray(x, np.float32), m, (x.shape[1], x.shape[0]), flags=flags,
-                                   borderMode=cv2.BORDER_CONSTANT, borderValue=fill)
+
+    def one(x):
+        return cv2.warpAffine(np.ascontiguousarray(x, np.float32), m, (x.shape[1], x.shape[0]), flags=flags,
+                              borderMode=cv2.BORDER_CONSTANT, borderValue=fill)
+
     return one(img) if img.ndim == 2 else np.stack([one(c) for c in img])
 
 

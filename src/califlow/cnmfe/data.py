@@ -3,7 +3,7 @@
 The CNMF-E updates only ever need a few products of the movie ``Y`` (pixels x frames) of
 one batch: ``G^T Y`` (projections on footprint-like maps), ``Y C^T`` on a sparsity
 pattern, the temporal mean, a noise level per pixel, and a spatially decimated,
-temporally binned copy for the ring background.  :class:`MovieSource` computes them by
+temporally binned copy for the ring background.  :class:`AlignedMovieSource` computes them by
 streaming spatial tiles over time chunks, so that memory is set by the tile budget and
 not by the movie length; :class:`InMemorySource` does the same on a block held in RAM
 (one patch).  Both share the products' code (they only differ in how tiles are read).
@@ -12,10 +12,10 @@ not by the movie length; :class:`InMemorySource` does the same on a block held i
 from __future__ import annotations
 
 import abc
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numba
 import numpy as np
@@ -30,7 +30,7 @@ __all__ = [
     "Summary",
     "Decimation",
     "InMemorySource",
-    "MovieSource",
+    "AlignedMovieSource",
     "load_movie",
     "TILE_BYTES",
 ]
@@ -394,16 +394,16 @@ class InMemorySource(Source):
         yield 0, np.arange(self.n_pixels), 0, self.frames(b)
 
 
-#: Bytes of one tile read by :class:`MovieSource` (a constant, so that products are computed
+#: Bytes of one tile read by :class:`AlignedMovieSource` (a constant, so that products are computed
 #: in the same order, hence bit-identical, whatever the memory budget or the reader).
 TILE_BYTES = 64 * 2 ** 20
 #: Threads that read tiles in :func:`load_movie`.
 LOAD_THREADS = 2
-#: Spatial tile of :class:`MovieSource` (px).
+#: Spatial tile of :class:`AlignedMovieSource` (px).
 TILE_SHAPE = (64, 64)
 
 
-class MovieSource(Source):
+class AlignedMovieSource(Source):
     """Batches of the whole aligned movie, streamed in spatial tiles over time chunks.
 
     Parameters

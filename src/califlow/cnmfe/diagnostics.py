@@ -9,7 +9,7 @@ ends with no active neuron.  The warnings go to the job log, to ``cnmfe.zarr`` a
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

@@ -39,7 +39,7 @@ class Fitter:
 
     Parameters
     ----------
-    source : InMemorySource or MovieSource
+    source : InMemorySource or AlignedMovieSource
     opts : CnmfeOptions
     vessels : ndarray (h, w) bool, optional
         Blood-vessel mask of the source's pixels: vessel-shaped components on it are false

@@ -76,7 +76,7 @@ class Model:
         if self.g is not None:
             self.g = self.g[idx]
 
-    def copy(self) -> "Model":
+    def copy(self) -> Model:
         return Model(self.shape, list(self.batches), self.A.copy(), self.C.copy(), self.C_raw.copy(),
                      self.S.copy(), self.ids.copy(), self.sn.copy(), None if self.g is None else self.g.copy(),
                      None if self.b0 is None else self.b0.copy(), list(self.W))

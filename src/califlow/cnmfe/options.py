@@ -7,59 +7,84 @@ derives the pixel sizes the algorithms use, so that every step reads the same nu
 
 from __future__ import annotations
 
-import math
-from dataclasses import asdict, dataclass, field
-from typing import Any, Mapping
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
 
 from califlow import sizes
 from califlow.params import ConfigError, numeric_gsig, resolve_config, round_half_up
 
 __all__ = ["CnmfeOptions", "options_from_config"]
 
-
+#: Fields copied as they are from the resolved ``cnmfe`` group (same name, already typed by the schema).
+_PLAIN_FIELDS = ("memory_size_per_patch", "w_overlap", "batch_sz", "min_corr", "min_pnr", "with_dendrites",
+                 "spatial_algorithm", "deconv_flag", "merge_thr", "dmin", "bg_neuron_factor", "bg_ssub",
+                 "max_iter", "n_processes", "refine_iter", "bg_fit_frames", "residual_search", "remove_BV",
+                 "bv_threshold", "min_contrast")
 
 @dataclass(frozen=True)
 class CnmfeOptions:
     """Resolved CNMF-E parameters (pixels of the aligned movie, frames).
 
-    Attributes mirror the ``cnmfe`` config group; ``gSig`` comes from ``general`` and ``fps``
-    from the aligned store.  Derived sizes are properties (:mod:`califlow.sizes`).
+    Attributes mirror the ``cnmfe`` config group; ``gSig`` comes from ``general``, ``fps``
+    from the aligned store and ``gSiz`` from gSig (:func:`califlow.sizes.gsiz`). No field has
+    a default: the schema holds them, so build instances with :meth:`from_resolved` or
+    :func:`options_from_config` (and :func:`dataclasses.replace` to change one).
     """
 
-    gSig: float = 2.5
-    gSiz: float = 10.0
-    fps: float = 10.0
-    memory_size_to_use: float = 8.0
-    memory_size_per_patch: float = 16.0
-    patch_dims: tuple[int, int] = (64, 64)
-    w_overlap: int = 32
-    batch_sz: int = 0
-    min_corr: float = 0.1
-    min_pnr: float = 6.0
-    min_pixel: int = 6
-    with_dendrites: bool = True
-    connected: bool = False
-    circular: bool = False
-    spatial_algorithm: str = "hals_thresh"
-    deconv_flag: bool = True
-    deconv_options: Mapping[str, Any] = field(default_factory=lambda: {
-        "type": "ar1", "method": "foopsi", "smin": -5, "optimize_pars": True, "max_tau": 100})
-    merge_thr: float = 0.65
-    merge_thr_spatial: tuple[float, float, float] = (0.8, 0.4, -math.inf)
-    dmin: float = 5.0
-    bg_neuron_factor: float = 1.5
-    bg_ssub: int = 2
-    max_iter: int = 4
-    n_processes: int = 1
-    refine_iter: int = 1
-    bg_fit_frames: int = 150
-    residual_search: bool = True
-    remove_BV: bool = True
-    bv_threshold: float = 0.3
-    min_contrast: float = 20.0
-    final_deconv: Mapping[str, Any] = field(default_factory=lambda: {
-        "type": "ar2", "method": "constrained", "smin": 0, "optimize_pars": True, "max_tau": 100,
-        "fudge_factor": 1.0})
+    gSig: float
+    gSiz: float
+    fps: float
+    memory_size_to_use: float | None
+    memory_size_per_patch: float
+    patch_dims: tuple[int, int]
+    w_overlap: int
+    batch_sz: int
+    min_corr: float
+    min_pnr: float
+    min_pixel: int
+    with_dendrites: bool
+    connected: bool
+    circular: bool
+    spatial_algorithm: str
+    deconv_flag: bool
+    deconv_options: Mapping[str, Any]
+    merge_thr: float
+    merge_thr_spatial: tuple[float, float, float]
+    dmin: float
+    bg_neuron_factor: float
+    bg_ssub: int
+    max_iter: int
+    n_processes: int
+    refine_iter: int
+    bg_fit_frames: int
+    residual_search: bool
+    remove_BV: bool
+    bv_threshold: float
+    min_contrast: float
+    final_deconv: Mapping[str, Any]
+
+    @classmethod
+    def from_resolved(cls, cfg: Mapping, *, fps: float | None = None) -> CnmfeOptions:
+        """Options from a configuration already resolved by :func:`califlow.params.resolve_config`.
+
+        ``fps`` (Hz) is the aligned movie's frame rate; ``general.sf`` when not given.
+        """
+        cn = cfg["cnmfe"]
+        gsig = numeric_gsig(cfg)
+        rate = float(fps) if fps else float(cfg["general"]["sf"])
+        if not rate > 0:
+            raise ConfigError(f"cnmfe: frame rate must be > 0, got {rate!r}")
+        memory = cn["memory_size_to_use"]
+        plain = {name: cn[name] for name in _PLAIN_FIELDS}
+        return cls(gSig=gsig, gSiz=float(sizes.gsiz(gsig)), fps=rate,
+                   memory_size_to_use=None if memory is None else float(memory),
+                   patch_dims=(int(cn["patch_dims"][0]), int(cn["patch_dims"][1])),
+                   min_pixel=int(cn["min_pixel"]), connected=bool(cn["spatial_constraints"]["connected"]),
+                   circular=bool(cn["spatial_constraints"]["circular"]),
+                   deconv_options=dict(cn["deconv_options"]),
+                   merge_thr_spatial=tuple(float(v) for v in cn["merge_thr_spatial"]),
+                   final_deconv=dict(cn["final_deconv_options"]), **plain)
 
     # ---- derived sizes (califlow.sizes) ------------------------------------------------
     @property
@@ -103,7 +128,7 @@ def options_from_config(config: Mapping | None = None, *, fps: float | None = No
     ----------
     config : mapping, optional
         A configuration as loaded from ``config.yaml``; it is validated and resolved here
-        (defaults filled, ``min_pixel`` and ``gSiz`` derived).
+        (defaults from the schema, ``min_pixel`` derived).
     fps : float, optional
         Frame rate of the aligned movie (Hz); ``general.sf`` when not given.
 
@@ -112,43 +137,4 @@ def options_from_config(config: Mapping | None = None, *, fps: float | None = No
     ConfigError
         For any invalid value (the message names the key).
     """
-    cfg = resolve_config(config or {})
-    cn = cfg["cnmfe"]
-    gsig = numeric_gsig(cfg)
-    rate = float(fps) if fps else float(cfg["general"]["sf"])
-    if not rate > 0:
-        raise ConfigError(f"cnmfe: frame rate must be > 0, got {rate!r}")
-    sc = cn["spatial_constraints"]
-    return CnmfeOptions(
-        gSig=gsig,
-        gSiz=float(cn["gSiz"]),
-        fps=rate,
-        memory_size_to_use=float(cn["memory_size_to_use"]),
-        memory_size_per_patch=float(cn["memory_size_per_patch"]),
-        patch_dims=(int(cn["patch_dims"][0]), int(cn["patch_dims"][1])),
-        w_overlap=int(cn["w_overlap"]),
-        batch_sz=int(cn["batch_sz"]),
-        min_corr=float(cn["min_corr"]),
-        min_pnr=float(cn["min_pnr"]),
-        min_pixel=int(cn["min_pixel"]),
-        with_dendrites=bool(cn["with_dendrites"]),
-        connected=bool(sc.get("connected", False)),
-        circular=bool(sc.get("circular", False)),
-        spatial_algorithm=str(cn["spatial_algorithm"]),
-        deconv_flag=bool(cn["deconv_flag"]),
-        deconv_options=dict(cn["deconv_options"]),
-        merge_thr=float(cn["merge_thr"]),
-        merge_thr_spatial=tuple(float(v) for v in cn["merge_thr_spatial"]),
-        dmin=float(cn["dmin"]),
-        bg_neuron_factor=float(cn["bg_neuron_factor"]),
-        bg_ssub=int(cn["bg_ssub"]),
-        max_iter=int(cn["max_iter"]),
-        n_processes=int(cn["n_processes"]),
-        refine_iter=int(cn.get("refine_iter", 1)),
-        bg_fit_frames=int(cn.get("bg_fit_frames", 150)),
-        residual_search=bool(cn.get("residual_search", True)),
-        remove_BV=bool(cn.get("remove_BV", True)),
-        bv_threshold=float(cn.get("bv_threshold", 0.3)),
-        min_contrast=float(cn.get("min_contrast", 20.0)),
-        final_deconv=dict(cn["final_deconv_options"]),
-    )
+    return CnmfeOptions.from_resolved(resolve_config(config or {}), fps=fps)

@@ -201,9 +201,8 @@ def save_patch_results(results: list[PatchResult], path: str | Path) -> None:
         arrays.update({p + "A_data": A.data, p + "A_indices": A.indices, p + "A_indptr": A.indptr,
                        p + "A_shape": np.array(A.shape), p + "C": r.C, p + "C_raw": r.C_raw, p + "S": r.S,
                        p + "sn": r.sn, p + "g": r.g, p + "ids": r.ids})
-    with atomic_output(path) as tmp:
-        with open(tmp, "wb") as fh:
-            np.savez(fh, **arrays)
+    with atomic_output(path) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, **arrays)
 
 
 def load_patch_results(path: str | Path) -> list[PatchResult]:

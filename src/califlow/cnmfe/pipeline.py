@@ -23,24 +23,29 @@ import logging
 import math
 import multiprocessing
 import os
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
 
 import numpy as np
 import scipy.sparse as sp
 
 from califlow.allocator import keep_freed_memory
-from califlow.cnmfe.data import AlignedStore, MovieSource, load_movie, make_batches
+from califlow.cnmfe.data import AlignedMovieSource, AlignedStore, load_movie, make_batches
 from califlow.cnmfe.diagnostics import extraction_warnings
 from califlow.cnmfe.fit import Fitter
 from califlow.cnmfe.model import Model, footprint_centroids, normalize_footprints
-from califlow.cnmfe.options import CnmfeOptions, options_from_config
+from califlow.cnmfe.options import CnmfeOptions
 from califlow.cnmfe.patches import Patch, PatchResult, load_patch_results, patch_grid, run_patch, save_patch_results
 from califlow.cnmfe.postprocess import final_deconvolution, remove_baseline, scale_to_noise, session_activity, snr
 from califlow.cnmfe.seeds import find_seeds
+from califlow.deconv.foopsi import thread_pools
 from califlow.errors import InputError
+from califlow.host import with_memory_budget
 from califlow.io.store import atomic_output, create_image, open_group, set_provenance
+from califlow.params import resolve_config
+from califlow.progress import CONSOLE
 
 __all__ = ["Plan", "plan", "run_patch_group", "gather", "run_cnmfe", "patch_groups"]
 
@@ -100,10 +105,8 @@ class Plan:
 def plan(aligned_path: str | os.PathLike, config: Mapping | None = None) -> Plan:
     """Open and validate the store, resolve the options, find the global seeds and patches."""
     store = AlignedStore(aligned_path)
-    opts = options_from_config(config or {}, fps=store.fps)
-    from califlow.params import resolve_config
-
-    cfg = resolve_config(config or {})
+    cfg = with_memory_budget(resolve_config(config or {}))
+    opts = CnmfeOptions.from_resolved(cfg, fps=store.fps)
     Cn, PNR = store.global_projections()
     # seeds may lie on vessels (neurons under vessels are found); vessel components are removed
     # by their shape during the refinement (remove_BV)
@@ -127,18 +130,28 @@ def patch_groups(n_patches: int, n_jobs: int) -> list[list[int]]:
 _WORKER_PLANS: dict[tuple[str, str], Plan] = {}
 
 
-def _patch_worker(args) -> PatchResult:
+def _patch_worker(args) -> tuple[PatchResult, float]:
     path, config, index, workers = args
     key = (path, json.dumps(config, sort_keys=True, default=str))
     if key not in _WORKER_PLANS:
         _WORKER_PLANS.clear()
         _WORKER_PLANS[key] = plan(path, config)
     p = _WORKER_PLANS[key]
-    keep_freed_memory(p.keep_movie())
-    return _run_one(p, p.patches[index], None, workers=workers)
+    with _run_scope(p):
+        return _run_one(p, p.patches[index], None, workers=workers)
 
 
-def _run_one(p: Plan, patch: Patch, movie, workers: int) -> PatchResult:
+@contextlib.contextmanager
+def _run_scope(p: Plan) -> Iterator[None]:
+    """What an extraction sets for its duration, undone after: glibc keeps freed memory when the
+    movie fits in memory (speed; out of core, peak RSS first) and batch deconvolutions reuse threads."""
+    with keep_freed_memory(p.keep_movie()), thread_pools():
+        yield
+
+
+def _run_one(p: Plan, patch: Patch, movie, workers: int) -> tuple[PatchResult, float]:
+    """One patch's result and its wall time (s)."""
+    t0 = time.perf_counter()
     budget = p.patch_budget()
     batches = p.patch_batches(patch, budget)
     if len(batches) > len(p.batches):
@@ -148,11 +161,22 @@ def _run_one(p: Plan, patch: Patch, movie, workers: int) -> PatchResult:
     per_frame = 4.0 * patch.block_shape[0] * patch.block_shape[1]
     share = budget / max(1, workers) - (4.0 * np.prod(p.store.shape) if movie is not None else 0.0)
     cache = max(0.0, share - PATCH_COPIES * per_frame * max(e - s for s, e in batches))
-    return run_patch(p.store, patch, p.seeds, batches, p.opts, movie=movie, cache_bytes=cache)
+    return run_patch(p.store, patch, p.seeds, batches, p.opts, movie=movie, cache_bytes=cache), \
+        time.perf_counter() - t0
 
 
-def run_patch_group(p: Plan, indices: Sequence[int], movie: np.ndarray | None = None,
-                    n_processes: int = 1) -> list[PatchResult]:
+def _reported(p: Plan, finished: Iterable[tuple[PatchResult, float]], n: int) -> list[PatchResult]:
+    """The results of ``n`` patches as they finish, with one line each on the log and the console."""
+    results = []
+    for k, (res, seconds) in enumerate(finished, 1):
+        log.info("cnmfe %s: patch %d/%d done (%d neurons, %.1f s)", p.store.path.parent.name, k, n, res.ids.size,
+                 seconds, extra=CONSOLE)
+        results.append(res)
+    return results
+
+
+def run_patch_group(p: Plan, indices: Sequence[int], movie: np.ndarray | None = None, *,
+                    n_processes: int) -> list[PatchResult]:
     """Run the listed patches (sequentially, or in a pool of ``n_processes`` processes)."""
     indices = [int(i) for i in indices]
     for i in indices:
@@ -165,13 +189,14 @@ def run_patch_group(p: Plan, indices: Sequence[int], movie: np.ndarray | None = 
                    * max(e - s for s, e in p.batches) for i in indices)
         workers = max(1, min(workers, int((p.budget_bytes - OVERHEAD_BYTES) // max(need, 1))))
     if workers <= 1:
-        return [_run_one(p, p.patches[i], movie, workers=1) for i in indices]
+        return _reported(p, (_run_one(p, p.patches[i], movie, workers=1) for i in indices), len(indices))
     # spawned workers (fork is unsafe once numba's OpenMP threads run) rebuild the plan and
     # read their blocks from the store: each patch is computed exactly as in a sequential run
     ctx = multiprocessing.get_context("spawn")
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     with _worker_threads(max(1, cores // workers)), ctx.Pool(workers) as pool:
-        results = pool.map(_patch_worker, [(str(p.store.path), p.config, i, workers) for i in indices], chunksize=1)
+        results = _reported(p, pool.imap(_patch_worker, [(str(p.store.path), p.config, i, workers) for i in indices],
+                                         chunksize=1), len(indices))
         pool.close()
         pool.join()
     return results
@@ -246,7 +271,7 @@ def gather(p: Plan, results: Sequence[PatchResult], movie: np.ndarray | None = N
     """Stitch the patches, refine globally, post-process; returns the final extraction."""
     opts = p.opts
     model = stitch(p, results)
-    source = MovieSource(p.store, p.batches, movie=movie)
+    source = AlignedMovieSource(p.store, p.batches, movie=movie)
     fitter = Fitter(source, opts, p.store.vessel_mask(opts.bv_threshold) if opts.remove_BV else None)
     log.info("stitched %d components from %d patches", model.K, len(results))
     fitter.clean(model)
@@ -271,7 +296,7 @@ def _session_footprints(p: Plan, model: Model, fitter: Fitter, movie) -> list[sp
     view.batches = sess
     view.b0, view.W = None, []
     view.sn = np.ones((model.K, len(sess)), np.float32)
-    f2 = Fitter(MovieSource(p.store, sess, movie=movie), p.opts)
+    f2 = Fitter(AlignedMovieSource(p.store, sess, movie=movie), p.opts)
     f2.update_background(view)
     return f2.batch_footprints(view)
 
@@ -344,13 +369,12 @@ def write_cells(p: Plan, ex: Extraction, path: str | os.PathLike) -> None:
     names = [s["name"] for s in p.store.sessions]
     header = ["cell", "seed_id", "centroid_y", "centroid_x", "snr"] + \
         [f"events_{n}" for n in names] + [f"active_{n}" for n in names]
-    with atomic_output(path) as tmp:
-        with open(tmp, "w", newline="") as fh:
-            wr = csv.writer(fh)
-            wr.writerow(header)
-            for k in range(ex.C.shape[0]):
-                wr.writerow([k, int(ex.ids[k]), f"{ex.centroids[k, 0]:.2f}", f"{ex.centroids[k, 1]:.2f}",
-                             f"{ex.snr[k]:.4g}"] + [int(v) for v in ex.events[k]] + [int(v) for v in ex.active[k]])
+    with atomic_output(path) as tmp, open(tmp, "w", newline="") as fh:
+        wr = csv.writer(fh)
+        wr.writerow(header)
+        for k in range(ex.C.shape[0]):
+            wr.writerow([k, int(ex.ids[k]), f"{ex.centroids[k, 0]:.2f}", f"{ex.centroids[k, 1]:.2f}",
+                         f"{ex.snr[k]:.4g}"] + [int(v) for v in ex.events[k]] + [int(v) for v in ex.active[k]])
 
 
 def run_cnmfe(aligned_path: str | os.PathLike, out_path: str | os.PathLike, config: Mapping | None = None, *,
@@ -369,21 +393,21 @@ def run_cnmfe(aligned_path: str | os.PathLike, out_path: str | os.PathLike, conf
     n_processes : patches run in parallel (default ``cnmfe.n_processes``).
     """
     p = plan(aligned_path, config)
-    keep_freed_memory(p.keep_movie())  # speed in memory; out of core, peak RSS first
-    n_processes = int(n_processes or p.opts.n_processes)
-    # the movie loads while pool workers (which read their blocks from the store) start
-    with ThreadPoolExecutor(max_workers=1) as loader:
-        pending = loader.submit(load_movie, p.store) if p.keep_movie() else None
-        if patch_files:
-            results = [r for f in patch_files for r in load_patch_results(f)]
-        else:
-            in_pool = n_processes > 1 and len(p.patches) > 1
-            results = run_patch_group(p, range(len(p.patches)), n_processes=n_processes,
-                                      movie=None if (in_pool or pending is None) else pending.result())
-        movie = None if pending is None else pending.result()
-    ex = gather(p, results, movie=movie)
-    ex.warnings = diagnose(p, ex)
-    write_outputs(p, ex, out_path, cells_path)
+    with _run_scope(p):
+        n_processes = int(n_processes or p.opts.n_processes)
+        # the movie loads while pool workers (which read their blocks from the store) start
+        with ThreadPoolExecutor(max_workers=1) as loader:
+            pending = loader.submit(load_movie, p.store) if p.keep_movie() else None
+            if patch_files:
+                results = [r for f in patch_files for r in load_patch_results(f)]
+            else:
+                in_pool = n_processes > 1 and len(p.patches) > 1
+                results = run_patch_group(p, range(len(p.patches)), n_processes=n_processes,
+                                          movie=None if (in_pool or pending is None) else pending.result())
+            movie = None if pending is None else pending.result()
+        ex = gather(p, results, movie=movie)
+        ex.warnings = diagnose(p, ex)
+        write_outputs(p, ex, out_path, cells_path)
     log.info("%d neurons written to %s", ex.C.shape[0], out_path)
     return ex
 
@@ -401,9 +425,9 @@ def run_patch_job(aligned_path: str | os.PathLike, out_file: str | os.PathLike, 
                   job: int, n_jobs: int) -> list[int]:
     """One scatter job: the patches of group ``job`` of ``n_jobs``, saved to ``out_file``."""
     p = plan(aligned_path, config)
-    keep_freed_memory(p.keep_movie())
     if not 0 <= job < n_jobs:
         raise InputError(f"patch job {job} is out of range for {n_jobs} jobs")
     idx = patch_groups(len(p.patches), n_jobs)[job]
-    save_patch_results(run_patch_group(p, idx), out_file)
+    with _run_scope(p):
+        save_patch_results(run_patch_group(p, idx, n_processes=1), out_file)  # one process per scatter job
     return idx

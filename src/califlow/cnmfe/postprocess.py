@@ -77,8 +77,8 @@ def final_deconvolution(C_raw: np.ndarray, options: Mapping, fps: float) -> tupl
     if K == 0:
         return C_raw.copy(), C_raw.copy()
     C, S, _, _, _ = denoise_traces(C_raw, True, dict(options), sn=1.0)
-    smin = float(options.get("smin", 0) or 0)
-    if options.get("method", "foopsi") != "constrained" and smin < 0:
+    smin = float(options["smin"] or 0)
+    if options["method"] != "constrained" and smin < 0:
         level = running_max(running_median(C_raw.T, 5), max(1, int(round(QUIET_S * fps)))).T
         quiet = level < abs(smin)
         C[quiet] = 0

@@ -33,7 +33,7 @@ def _enhance(frames: np.ndarray, fps: float, gsig: float, detrend_s: float, sn1,
     return y / sn2 if sn2 is not None else y
 
 
-def write_aligned_store(animal, path: str | os.PathLike, *, gsig: float = 2.5, detrend_s: float = 1.0,
+def write_aligned_store(animal, path: str | os.PathLike, *, gsig: float | None = None, detrend_s: float = 1.0,
                         chunk: int = 1000, sessions: list[int] | None = None, rendered=None) -> None:
     """Write an ``aligned.zarr`` (movie, cn, pnr, attrs sessions) for a simulated animal.
 
@@ -41,7 +41,7 @@ def write_aligned_store(animal, path: str | os.PathLike, *, gsig: float = 2.5, d
     ----------
     animal : SimulatedAnimal
     path : output store path (written atomically).
-    gsig : neuron size of the MIN1PIPE enhancement (px).
+    gsig : neuron size of the MIN1PIPE enhancement (px); the schema's ``general.gSig`` when not given.
     detrend_s : detrending window (s).
     chunk : frames processed at once.
     sessions : sessions to include (default all), in order.
@@ -49,11 +49,13 @@ def write_aligned_store(animal, path: str | os.PathLike, *, gsig: float = 2.5, d
         The sessions' aligned frames already rendered (``animal.aligned_frames(s)``), so that
         stores of the same animal for several parameters do not render them again.
     """
-    from califlow.motion.vessels import bv_image
     from califlow.motion.projections import BinnedCorrelation, PeakAccumulator, finish_cn, finish_pnr
+    from califlow.motion.vessels import bv_image
+    from califlow.params import default_config
     from califlow.preprocess.detrend import detrend_block, detrend_context
     from califlow.preprocess.noise import get_sn
 
+    gsig = float(default_config()["general"]["gSig"] if gsig is None else gsig)
     fps = float(animal.ground_truth.fps)
 
     def frames(s: int, a: int, b: int) -> np.ndarray:

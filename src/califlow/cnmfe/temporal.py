@@ -29,7 +29,7 @@ class TraceFit:
 
 def ar_order(options: Mapping) -> int:
     """AR order of a CNMF-E ``deconv_options`` (1 for 'ar1', 2 for 'ar2')."""
-    return 2 if str(options.get("type", "ar1")).lower() == "ar2" else 1
+    return 2 if str(options["type"]).lower() == "ar2" else 1
 
 
 def denoise_trace(y: np.ndarray, deconv_flag: bool, options: Mapping) -> TraceFit:

@@ -15,7 +15,7 @@ linearly with T; use it for checks and short traces, OASIS for production.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from scipy import sparse
@@ -43,8 +43,8 @@ def _ar_matrix(g: Sequence[float], T: int) -> sparse.csr_matrix:
     return sparse.diags(diags, offsets, shape=(T, T), format="csr")
 
 
-def solve_cvxpy(y, g: Sequence[float], sn: float, *, bl: float | None = None, bas_nonneg: bool = True,
-                solvers: Sequence[str] = ("ECOS", "SCS")):
+def solve_cvxpy(y, g: Sequence[float], sn: float, *, bl: float | None = None, bas_nonneg: bool,
+                solvers: Sequence[str]):
     """Noise-constrained deconvolution with cvxpy.
 
     Parameters
@@ -70,12 +70,7 @@ def solve_cvxpy(y, g: Sequence[float], sn: float, *, bl: float | None = None, ba
         Penalty of the equivalent penalised problem, from the dual of the noise constraint.
     """
     cp = _import_cvxpy()
-    names = [str(s).strip().upper() for s in (solvers.split(",") if isinstance(solvers, str) else solvers)]
-    names = [s for s in names if s]
-    bad = [s for s in names if s not in ALLOWED_SOLVERS]
-    if bad or not names:
-        raise ConfigError(f"solvers {list(solvers)!r} is not allowed; allowed: one or two of "
-                          + ", ".join(ALLOWED_SOLVERS))
+    names = _solver_names(solvers)
     y = np.asarray(y, dtype=np.float64)
     T = y.shape[0]
     obs = np.flatnonzero(~np.isnan(y))
@@ -95,6 +90,32 @@ def solve_cvxpy(y, g: Sequence[float], sn: float, *, bl: float | None = None, ba
     noise = cp.norm(resid, 2) <= float(sn) * math.sqrt(obs.size)
     cons.append(noise)
     problem = cp.Problem(cp.Minimize(cp.sum(s)), cons)
+    _solve(cp, problem, names, c)
+    c_val = np.asarray(c.value, dtype=np.float64)
+    b_val = float(b.value) if bl is None else float(bl)
+    dual = noise.dual_value
+    dual = float(np.ravel(dual)[0]) if dual is not None else float("nan")
+    lam = float(sn) * math.sqrt(obs.size) / dual if dual and dual > 0 else 0.0
+    c_val = np.maximum(c_val, 0.0)
+    s_val = G @ c_val
+    return c_val, np.maximum(s_val, 0.0), b_val, lam
+
+
+def _solver_names(solvers) -> list[str]:
+    """Upper-case solver names from a sequence or a comma-separated string; ConfigError if not allowed."""
+    names = [str(s).strip().upper() for s in (solvers.split(",") if isinstance(solvers, str) else solvers)]
+    names = [s for s in names if s]
+    bad = [s for s in names if s not in ALLOWED_SOLVERS]
+    if bad or not names:
+        raise ConfigError(f"solvers {list(solvers)!r} is not allowed; allowed: one or two of "
+                          + ", ".join(ALLOWED_SOLVERS))
+    return names
+
+
+def _solve(cp, problem, names: Sequence[str], c) -> None:
+    """Solve ``problem`` with the first of ``names`` that is installed and reaches an optimum
+    (also 'optimal_inaccurate') with a value for the variable ``c``; InputError listing every
+    attempt when none does."""
     installed = set(cp.installed_solvers())
     messages = []
     for name in names:
@@ -107,13 +128,6 @@ def solve_cvxpy(y, g: Sequence[float], sn: float, *, bl: float | None = None, ba
             messages.append(f"{name}: {exc}")
             continue
         if problem.status in ("optimal", "optimal_inaccurate") and c.value is not None:
-            c_val = np.asarray(c.value, dtype=np.float64)
-            b_val = float(b.value) if bl is None else float(bl)
-            dual = noise.dual_value
-            dual = float(np.ravel(dual)[0]) if dual is not None else float("nan")
-            lam = float(sn) * math.sqrt(obs.size) / dual if dual and dual > 0 else 0.0
-            c_val = np.maximum(c_val, 0.0)
-            s_val = G @ c_val
-            return c_val, np.maximum(s_val, 0.0), b_val, lam
+            return
         messages.append(f"{name}: status {problem.status}")
     raise InputError("cvxpy could not solve the deconvolution (" + "; ".join(messages) + ")")

@@ -18,6 +18,11 @@ from __future__ import annotations
 import numpy as np
 from scipy import signal
 
+from califlow.params import default_config
+
+#: The spike_extraction group's defaults (the schema is their only source).
+_SE = default_config()["spike_extraction"]
+
 __all__ = ["get_noise", "estimate_time_constant", "fill_nan", "ar_roots", "ar_from_roots"]
 
 NOISE_METHODS = ("logmexp", "mean", "median")
@@ -68,7 +73,7 @@ def _welch_band(y: np.ndarray, fmin: float, fmax: float, nperseg: int = 256,
     return freqs[band], psd
 
 
-def get_noise(y, noise_range=(0.25, 0.5), method: str = "logmexp") -> np.ndarray | float:
+def get_noise(y, noise_range=tuple(_SE["noise_range"]), method: str = _SE["noise_method"]) -> np.ndarray | float:
     """Noise standard deviation of one trace or of every row of a (K, T) array.
 
     Parameters
@@ -139,8 +144,9 @@ def ar_from_roots(roots) -> np.ndarray:
     return np.stack([r[:, 0] + r[:, 1], -r[:, 0] * r[:, 1]], axis=1)
 
 
-def estimate_time_constant(y, p: int = 1, sn=None, lags: int = 5, fudge_factor: float = 0.96,
-                           noise_range=(0.25, 0.5), noise_method: str = "logmexp") -> np.ndarray:
+def estimate_time_constant(y, p: int = _SE["p"], sn=None, lags: int = _SE["lags"],
+                           fudge_factor: float = _SE["fudge_factor"], noise_range=tuple(_SE["noise_range"]),
+                           noise_method: str = _SE["noise_method"]) -> np.ndarray:
     """AR(p) coefficients of one trace (returns (p,)) or of every row of (K, T) (returns (K, p)).
 
     Parameters

@@ -20,12 +20,13 @@ factor per frame (``g`` for AR(1), the dominant root for AR(2)).
 
 from __future__ import annotations
 
-import functools
+import contextlib
+import contextvars
 import math
 import os
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable, Mapping, Sequence
 
 import numba
 import numpy as np
@@ -33,6 +34,10 @@ import numpy as np
 from califlow.deconv import oasis as _oasis
 from califlow.deconv.estimate import ar_from_roots, ar_roots, estimate_time_constant, get_noise
 from califlow.errors import InputError
+from califlow.params import default_config
+
+#: The spike_extraction group's defaults (the schema is their only source).
+_SE = default_config()["spike_extraction"]
 
 __all__ = [
     "DeconvResult",
@@ -42,6 +47,7 @@ __all__ = [
     "deconvolve_cnmfe",
     "deconvolve_cnmfe_batch",
     "impulse_response",
+    "thread_pools",
 ]
 
 DEFAULT_REFIT_EVENTS = 10  # events used by optimize_g=True / optimize_pars
@@ -310,7 +316,7 @@ def _bounded_brent_root(segs, mask, fit_baseline, a, b, xatol, maxfun):  # pragm
             if fu <= fnfc or nfc == xf:
                 fulc, ffulc = nfc, fnfc
                 nfc, fnfc = x, fu
-            elif fu <= ffulc or fulc == xf or fulc == nfc:
+            elif fu <= ffulc or fulc == xf or fulc == nfc:  # noqa: SIM109 - scalar compares in numba
                 fulc, ffulc = x, fu
         xm = 0.5 * (a + b)
         tol1 = sqrt_eps * abs(xf) + xatol / 3.0
@@ -467,16 +473,26 @@ def _solve_oasis(y: np.ndarray, g: tuple, sn: float, bl: float | None, bas_nonne
                                                     b_nonneg=bas_nonneg)
     if not optimize_b:
         b = float(bl)
-    thr = None
-    if s_min is not None:
-        xb = y - b
-        if s_min == 0:
-            thr, c, s = _auto_threshold(xb, g, sn)
-        else:
-            thr = _threshold_from_s_min(s_min, sn, g)
-            c, s = _fixed_lambda(xb, g, 0.0, thr)
-        lam = 0.0
-    return c, s, b, lam, thr
+    return _with_s_min(y, g, sn, s_min, (c, s, b, lam))
+
+
+def _with_s_min(y: np.ndarray, g: tuple, sn: float, s_min: float | None, fit: tuple):
+    """Replace an L1 fit ``(c, s, b, lam)`` by its L0 / thresholded variant when ``s_min`` is set.
+
+    The variant is an OASIS fit of ``y - b`` (same units as ``y``) with ``lam = 0`` and a
+    minimal spike size: chosen automatically for ``s_min == 0``, else from ``s_min``
+    (see :func:`_threshold_from_s_min`). Returns ``(c, s, b, lam, thr)``; ``thr`` is None
+    (and the fit unchanged) when ``s_min`` is None.
+    """
+    c, s, b, lam = fit
+    if s_min is None:
+        return c, s, b, lam, None
+    if s_min == 0:
+        thr, c, s = _auto_threshold(y - b, g, sn)
+    else:
+        thr = _threshold_from_s_min(s_min, sn, g)
+        c, s = _fixed_lambda(y - b, g, 0.0, thr)
+    return c, s, b, 0.0, thr
 
 
 def _finish(y, c, s, b, lam, g, sn, c1_given, thr) -> DeconvResult:
@@ -493,10 +509,45 @@ def _finish(y, c, s, b, lam, g, sn, c1_given, thr) -> DeconvResult:
                         g=tuple(float(v) for v in g), sn=float(sn), lam=float(lam), s_min=thr)
 
 
-def deconvolve(y, *, p: int = 1, g=None, sn=None, bl=None, c1=None, s_min=None,
-               bas_nonneg: bool = True, optimize_g=0, noise_range=(0.25, 0.5),
-               noise_method: str = "logmexp", lags: int = 5, fudge_factor: float = 0.96,
-               method: str = "oasis", solvers=("ECOS", "SCS"), max_tau=None) -> DeconvResult:
+def _checked_noise(y: np.ndarray, p: int, sn, lags: int, noise_range, noise_method: str) -> float:
+    """Check the AR order and trace length; return the noise level ``sn`` (units of ``y``),
+    estimated by :func:`get_noise` when None.
+
+    Raises
+    ------
+    InputError
+        ``p`` not in {0, 1, 2}, too few finite samples, or ``sn`` not positive.
+    """
+    if p not in (0, 1, 2):
+        raise InputError(f"p = {p} is not allowed; the AR order must be 0, 1 or 2")
+    n_obs = int(np.count_nonzero(~np.isnan(y)))
+    min_len = max(lags + p + 2, 8)
+    if n_obs < min_len:
+        raise InputError(f"the trace has {n_obs} finite sample(s); at least {min_len} are needed")
+    if sn is None:
+        sn = get_noise(y, noise_range, noise_method)
+    sn = float(sn)
+    if not math.isfinite(sn) or sn <= 0:
+        raise InputError(f"the noise level sn = {sn} is not positive: the trace is constant or "
+                         "has no high-frequency content")
+    return sn
+
+
+def _refit_events(method: str, optimize_g) -> int:
+    """Check ``method`` and return the number of events used to refit g (0 = no refit)."""
+    if method not in ("oasis", "cvxpy"):
+        raise InputError(f"method_deconvolution {method!r} is not allowed; allowed: oasis, cvxpy")
+    n_refit = DEFAULT_REFIT_EVENTS if optimize_g is True else int(optimize_g or 0)
+    if n_refit and method != "oasis":
+        raise InputError("optimize_g applies only to method_deconvolution 'oasis'")
+    return n_refit
+
+
+def deconvolve(y, *, p: int = _SE["p"], g=None, sn=None, bl=None, c1=None, s_min=None,
+               bas_nonneg: bool = _SE["bas_nonneg"], optimize_g=0, noise_range=tuple(_SE["noise_range"]),
+               noise_method: str = _SE["noise_method"], lags: int = _SE["lags"],
+               fudge_factor: float = _SE["fudge_factor"], method: str = _SE["method_deconvolution"],
+               solvers=tuple(_SE["solvers"]), max_tau=None) -> DeconvResult:
     """Deconvolve one calcium trace (constrained FOOPSI with parameter estimation).
 
     Solves ``min ||s||_1`` subject to ``||y - b - c1 h - c||^2 <= sn^2 T`` and the AR(p)
@@ -531,51 +582,28 @@ def deconvolve(y, *, p: int = 1, g=None, sn=None, bl=None, c1=None, s_min=None,
     DeconvResult
     """
     y = _validate_trace(y)
-    if p not in (0, 1, 2):
-        raise InputError(f"p = {p} is not allowed; the AR order must be 0, 1 or 2")
-    finite = ~np.isnan(y)
-    n_obs = int(finite.sum())
-    min_len = max(lags + p + 2, 8)
-    if n_obs < min_len:
-        raise InputError(f"the trace has {n_obs} finite sample(s); at least {min_len} are needed")
-    if sn is None:
-        sn = get_noise(y, noise_range, noise_method)
-    sn = float(sn)
-    if not math.isfinite(sn) or sn <= 0:
-        raise InputError(f"the noise level sn = {sn} is not positive: the trace is constant or "
-                         "has no high-frequency content")
+    sn = _checked_noise(y, p, sn, lags, noise_range, noise_method)
     if p == 0:
         b = 0.0 if bl is None else float(bl)
-        c = np.where(finite, np.maximum(y - b, 0.0), 0.0)
+        c = np.where(~np.isnan(y), np.maximum(y - b, 0.0), 0.0)
         return DeconvResult(c=c.astype(np.float32), s=c.astype(np.float32), b=b, c1=0.0, g=(),
                             sn=sn, lam=0.0)
     if g is None:
         g = estimate_time_constant(y, p, sn, lags, fudge_factor)
     g = _validate_g(g, p)
-    if method not in ("oasis", "cvxpy"):
-        raise InputError(f"method_deconvolution {method!r} is not allowed; allowed: oasis, cvxpy")
-    n_refit = DEFAULT_REFIT_EVENTS if optimize_g is True else int(optimize_g or 0)
-    if n_refit and method != "oasis":
-        raise InputError("optimize_g applies only to method_deconvolution 'oasis'")
+    n_refit = _refit_events(method, optimize_g)
     yw = y if c1 is None else y - float(c1) * impulse_response(g, y.shape[0])
     if method == "cvxpy":
         from califlow.deconv.cvx import solve_cvxpy
 
-        c, s, b, lam = solve_cvxpy(yw, g, sn, bl=bl, bas_nonneg=bas_nonneg, solvers=solvers)
-        thr = None
-        if s_min is not None:  # the L0 variants are OASIS fits on the cvxpy baseline
-            xb = yw - b
-            if s_min == 0:
-                thr, c, s = _auto_threshold(xb, g, sn)
-            else:
-                thr = _threshold_from_s_min(s_min, sn, g)
-                c, s = _fixed_lambda(xb, g, 0.0, thr)
-            lam = 0.0
-        return _finish(yw, c, s, b, lam, g, sn, c1, thr)
-    fit = _solve_oasis(yw, g, sn, bl, bas_nonneg, s_min)
-    if n_refit:
-        g, fit = _refit_loop(yw, g, sn, fit, n_refit, bl is None, max_tau,
-                             lambda gg: _solve_oasis(yw, gg, sn, bl, bas_nonneg, s_min))
+        # the L0 variants are OASIS fits on the cvxpy baseline
+        fit = _with_s_min(yw, g, sn, s_min, solve_cvxpy(yw, g, sn, bl=bl, bas_nonneg=bas_nonneg,
+                                                        solvers=solvers))
+    else:
+        fit = _solve_oasis(yw, g, sn, bl, bas_nonneg, s_min)
+        if n_refit:
+            g, fit = _refit_loop(yw, g, sn, fit, n_refit, bl is None, max_tau,
+                                 lambda gg: _solve_oasis(yw, gg, sn, bl, bas_nonneg, s_min))
     c, s, b, lam, thr = fit
     return _finish(yw, c, s, b, lam, g, sn, c1, thr)
 
@@ -617,7 +645,7 @@ def _cnmfe_options(options: Mapping | None) -> dict:
     if method not in _CNMFE_METHODS:
         raise InputError(f"deconv_options method {method!r} is not allowed; allowed: "
                          + ", ".join(_CNMFE_METHODS))
-    max_tau = opts.get("max_tau", None)
+    max_tau = opts.get("max_tau")
     return {
         "p": _CNMFE_TYPES[kind],
         "method": method,
@@ -626,12 +654,12 @@ def _cnmfe_options(options: Mapping | None) -> dict:
         "optimize_pars": bool(opts.get("optimize_pars", False)),
         "optimize_b": bool(opts.get("optimize_b", True)),
         "max_tau": float(max_tau) if max_tau else None,
-        "g": opts.get("pars", opts.get("g", None)),
-        "b": opts.get("b", None),
-        "noise_range": tuple(opts.get("noise_range", (0.25, 0.5))),
-        "noise_method": str(opts.get("noise_method", "logmexp")),
-        "lags": int(opts.get("lags", 5)),
-        "fudge_factor": float(opts.get("fudge_factor", 0.96)),
+        "g": opts.get("pars", opts.get("g")),
+        "b": opts.get("b"),
+        "noise_range": tuple(opts.get("noise_range", _SE["noise_range"])),
+        "noise_method": str(opts.get("noise_method", _SE["noise_method"])),
+        "lags": int(opts.get("lags", _SE["lags"])),
+        "fudge_factor": float(opts.get("fudge_factor", _SE["fudge_factor"])),
         "n_events": int(opts.get("n_events", DEFAULT_REFIT_EVENTS)),
     }
 
@@ -736,9 +764,53 @@ def _n_workers(n_threads: int | None) -> int:
         return max(1, os.cpu_count() or 1)
 
 
-@functools.lru_cache(maxsize=4)
-def _thread_pool(workers: int) -> ThreadPoolExecutor:
-    """A lasting pool of ``workers`` threads (CNMF-E deconvolves small batches thousands of times)."""
+#: The pools of the enclosing :func:`thread_pools` block, by number of threads (None outside one).
+_POOLS: contextvars.ContextVar[dict[int, ThreadPoolExecutor] | None] = \
+    contextvars.ContextVar("califlow_deconv_pools", default=None)
+
+
+@contextlib.contextmanager
+def thread_pools() -> Iterator[None]:
+    """Within the block, batch deconvolutions reuse lasting thread pools, shut down when it ends.
+
+    CNMF-E deconvolves small batches thousands of times: a run opens one block, and its
+    batches share one pool per thread count instead of starting threads for every call.
+    Outside a block each batch starts its own threads and joins them before it returns.
+    The pools belong to the thread (context) that opened the block; an inner block reuses
+    the outer one's pools.
+
+    Examples
+    --------
+    >>> with thread_pools():                                  # doctest: +SKIP
+    ...     for Y in batches:
+    ...         deconvolve_cnmfe_batch(Y, options)
+    """
+    if _POOLS.get() is not None:
+        yield
+        return
+    pools: dict[int, ThreadPoolExecutor] = {}
+    token = _POOLS.set(pools)
+    try:
+        yield
+    finally:
+        _POOLS.reset(token)
+        for pool in pools.values():
+            pool.shutdown(wait=True)
+
+
+def _map_threads(work: Callable[[int], None], n: int, workers: int) -> None:
+    """``work(k)`` for k in range(n) on ``workers`` threads: the block's pool, or one for this call."""
+    pools = _POOLS.get()
+    if pools is None:
+        with _new_pool(workers) as pool:
+            list(pool.map(work, range(n)))
+        return
+    if workers not in pools:
+        pools[workers] = _new_pool(workers)
+    list(pools[workers].map(work, range(n)))
+
+
+def _new_pool(workers: int) -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="califlow-deconv")
 
 
@@ -775,7 +847,7 @@ def _run_batch(Y: np.ndarray, per_trace: Callable[[int], DeconvResult], p: int,
         for k in range(K):
             work(k)
     else:  # the numba kernels release the GIL
-        list(_thread_pool(workers).map(work, range(K)))
+        _map_threads(work, K, workers)
     return BatchResult(C=C, S=S, b=b, c1=c1, g=g, sn=sn, lam=lam, ok=ok, errors=errors, s_min=thr)
 
 
@@ -812,9 +884,9 @@ def _as_batch(Y) -> np.ndarray:
     return np.ascontiguousarray(Y)
 
 
-def deconvolve_batch(Y, *, n_threads: int | None = None, p: int = 1, g=None, sn=None,
-                     noise_range=(0.25, 0.5), noise_method: str = "logmexp", lags: int = 5,
-                     fudge_factor: float = 0.96, **kwargs) -> BatchResult:
+def deconvolve_batch(Y, *, n_threads: int | None = None, p: int = _SE["p"], g=None, sn=None,
+                     noise_range=tuple(_SE["noise_range"]), noise_method: str = _SE["noise_method"],
+                     lags: int = _SE["lags"], fudge_factor: float = _SE["fudge_factor"], **kwargs) -> BatchResult:
     """:func:`deconvolve` on every row of ``Y`` (K, T), with vectorised sn and g estimation.
 
     ``sn`` and ``g`` may be scalars/sequences shared by all rows or per-row arrays ((K,) and

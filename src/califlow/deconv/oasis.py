@@ -44,39 +44,140 @@ __all__ = [
 ]
 
 _RSS_TOL = 1e-4  # relative tolerance on the noise constraint
+_NO_SUMS = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
+
+
+# --------------------------------------------------------------------------------------------
+# shared pieces
+# --------------------------------------------------------------------------------------------
+@numba.njit(cache=True, nogil=True)
+def _observed(y):
+    """Observed-sample mask ``obs`` (bool (T,)) and the trace ``x`` with NaN samples set to 0."""
+    obs = ~np.isnan(y)
+    return obs, np.where(obs, y, 0.0)
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _add_sums(S, r, d, q):
+    """Add one observed frame to the residual sums ``S`` (see :func:`_residual_sums`)."""
+    return (S[0] + r * r, S[1] + r, S[2] + q, S[3] + d, S[4] + r * q, S[5] + q * q,
+            S[6] + r * d, S[7] + q * d, S[8] + d * d)
+
+
+@numba.njit(cache=True, nogil=True)
+def _residual_sums(x, obs, b, c, dl, db):
+    """(sum r^2, sum r, sum q, sum d, sum rq, sum q^2, sum rd, sum qd, sum d^2) with
+    r = x - b - c, d = dc/dlam, q = 1 + dc/db over observed frames."""
+    S = _NO_SUMS
+    for tt in range(x.shape[0]):
+        if obs[tt]:
+            S = _add_sums(S, x[tt] - b - c[tt], dl[tt], 1.0 + db[tt])
+    return S
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _solve_step(rss0, lin, quad, thresh):
+    """Smallest-magnitude step ``a`` with rss0 + 2 a lin + a^2 quad = thresh on the rising side.
+
+    Returns (a, ok); when the parabola never reaches ``thresh`` it returns its minimiser.
+    """
+    if quad <= 0.0:
+        if lin == 0.0:
+            return 0.0, False
+        return (thresh - rss0) / (2.0 * lin), True
+    disc = lin * lin - quad * (rss0 - thresh)
+    if disc < 0.0:
+        return -lin / quad, False
+    return (-lin + math.sqrt(disc)) / quad, True
+
+
+@numba.njit(cache=True, nogil=True)
+def _lam_b_step(sums, lam, b, b_lower, thresh):
+    """Joint step (dlam, db) of the penalty and baseline towards ``rss = thresh``, sum r = 0.
+
+    ``sums`` are the residual sums of :func:`_residual_sums` at (lam, b); ``lam + dlam >= 0``
+    and ``b + db >= b_lower``.
+    """
+    rss, sr, sq, sd, srq, sqq, srd, sqd, sdd = sums
+    # the baseline keeps sum(r) = 0: db = (sum r - dlam sum d) / sum q
+    r0r0 = rss - 2.0 * sr / sq * srq + (sr / sq) ** 2 * sqq
+    r0m = sd / sq * srq - srd - (sr / sq) * (sd / sq) * sqq + (sr / sq) * sqd
+    mm = (sd / sq) ** 2 * sqq - 2.0 * (sd / sq) * sqd + sdd
+    dlam, ok = _solve_step(r0r0, r0m, mm, thresh)
+    if lam + dlam < 0.0:
+        dlam = -lam
+    dbase = (sr - dlam * sd) / sq
+    if b + dbase < b_lower:
+        dbase = b_lower - b
+        # penalty only, with the baseline fixed at its bound: r -> r - db q - a d
+        r1 = rss - 2.0 * dbase * srq + dbase * dbase * sqq
+        dlam, ok = _solve_step(r1, -(srd - dbase * sqd), sdd, thresh)
+        if lam + dlam < 0.0:
+            dlam = -lam
+    return dlam, dbase
+
+
+@numba.njit(cache=True, nogil=True)
+def _baseline_step(sums, b, b_lower):
+    """Newton step on the baseline (mean residual 0, ``b >= b_lower``); returns (step, done)."""
+    sr = sums[1]
+    sq = sums[2]
+    step = sr / sq if sq > 0.0 else 0.0
+    if b + step < b_lower:
+        step = b_lower - b
+    return step, abs(step) <= 1e-9 * (abs(b) + 1e-12) or step == 0.0
 
 
 # --------------------------------------------------------------------------------------------
 # AR(1)
 # --------------------------------------------------------------------------------------------
 @numba.njit(cache=True, nogil=True)
+def _ar1_buffers(T):
+    """Pool arrays ``vw, w, u`` (float64 (T,)) and ``t, l`` (int64 (T,)) of :func:`_ar1_pool`."""
+    return np.empty(T), np.empty(T), np.empty(T), np.empty(T, np.int64), np.empty(T, np.int64)
+
+
+@numba.njit(cache=True, nogil=True)
 def _ar1_pool(x, obs, g, lam, s_min, gpow, vw, w, u, t, l):
     """Pool the trace ``x`` (baseline removed) for penalty ``lam``; return the pool count.
 
     Pool arrays (length >= T): ``vw`` = sum over observed frames of g^k x_k minus the
     penalty term, ``w`` = sum of g^2k over observed frames, ``u`` = sum of g^k over observed
-    frames, ``t`` = first frame, ``l`` = length.
+    frames, ``t`` = first frame, ``l`` = length. Every frame starts as its own pool, then
+    :func:`_repool_ar1` merges them.
     """
-    # (array-passing helper calls are slow in numba, so the merge loop is written inline)
     T = x.shape[0]
-    n = 0
     for k in range(T):
         coef = 1.0 if k == T - 1 else 1.0 - g
         if obs[k]:
-            vw[n] = x[k] - lam * coef
-            w[n] = 1.0
-            u[n] = 1.0
+            vw[k] = x[k] - lam * coef
+            w[k] = 1.0
+            u[k] = 1.0
         else:
-            vw[n] = -lam * coef
-            w[n] = 0.0
-            u[n] = 0.0
-        t[n] = k
-        l[n] = 1
-        n += 1
-        # merge the last pool backwards while its initial spike is below s_min
-        while n > 1:
-            i = n - 1
-            j = n - 2
+            vw[k] = -lam * coef
+            w[k] = 0.0
+            u[k] = 0.0
+        t[k] = k
+        l[k] = 1
+    return _repool_ar1(vw, w, u, t, l, T, gpow, s_min)
+
+
+@numba.njit(cache=True, nogil=True)
+def _repool_ar1(vw, w, u, t, l, n, gpow, s_min):
+    """Merge every violating pool (forward pass, merging the last pool backwards while its
+    initial spike is below ``s_min``); returns the new pool count."""
+    # (array-passing helper calls are slow in numba, so the merge loop is written inline)
+    m = 0
+    for k in range(n):
+        vw[m] = vw[k]
+        w[m] = w[k]
+        u[m] = u[k]
+        t[m] = t[k]
+        l[m] = l[k]
+        m += 1
+        while m > 1:
+            i = m - 1
+            j = m - 2
             gl = gpow[l[j]]
             if w[i] > 0.0:
                 pv = vw[j] / w[j] if w[j] > 0.0 else 0.0
@@ -88,13 +189,16 @@ def _ar1_pool(x, obs, g, lam, s_min, gpow, vw, w, u, t, l):
             w[j] += gl * gl * w[i]
             u[j] += gl * u[i]
             l[j] += l[i]
-            n -= 1
-    return n
+            m -= 1
+    return m
 
 
 @numba.njit(cache=True, nogil=True)
-def _ar1_fill(vw, w, t, l, n, g, c, s):
-    """Write calcium ``c`` and spikes ``s`` (s_0 = c_0) from the pools."""
+def _ar1_output(vw, w, t, l, n, g):
+    """Calcium ``c`` and spikes ``s`` (float64 (T,), s_0 = c_0) from the pools."""
+    T = t[n - 1] + l[n - 1]
+    c = np.empty(T)
+    s = np.empty(T)
     prev = 0.0
     for i in range(n):
         v = vw[i] / w[i] if w[i] > 0.0 else 0.0
@@ -108,6 +212,7 @@ def _ar1_fill(vw, w, t, l, n, g, c, s):
                 s[t0 + k] = 0.0
             v *= g
         prev = c[t0 + l[i] - 1]
+    return c, s
 
 
 @numba.njit(cache=True, nogil=True)
@@ -121,47 +226,25 @@ def _gpow_table(g, T):
 
 @numba.njit(cache=True, nogil=True)
 def _oasis_ar1_kernel(y, g, lam, s_min):
-    T = y.shape[0]
-    obs = ~np.isnan(y)
-    x = np.where(obs, y, 0.0)
-    gpow = _gpow_table(g, T)
-    vw = np.empty(T)
-    w = np.empty(T)
-    u = np.empty(T)
-    t = np.empty(T, np.int64)
-    l = np.empty(T, np.int64)
-    n = _ar1_pool(x, obs, g, lam, s_min, gpow, vw, w, u, t, l)
-    c = np.empty(T)
-    s = np.empty(T)
-    _ar1_fill(vw, w, t, l, n, g, c, s)
-    return c, s
+    obs, x = _observed(y)
+    vw, w, u, t, l = _ar1_buffers(y.shape[0])
+    n = _ar1_pool(x, obs, g, lam, s_min, _gpow_table(g, y.shape[0]), vw, w, u, t, l)
+    return _ar1_output(vw, w, t, l, n, g)
 
 
 @numba.njit(cache=True, nogil=True)
 def _ar1_stats(x, obs, b, g, vw, w, u, t, l, n):
-    """Sums over observed frames used by the dual updates, for the current pools.
+    """Residual sums (:func:`_residual_sums`) for the current pools, in one pass.
 
-    With ``r = x - b - c`` (``x`` the raw trace), ``d = dc/dlam`` and ``q = 1 + dc/db``:
-    returns (sum r^2, sum r, sum q, sum d, sum rq, sum q^2, sum rd, sum qd, sum d^2).
+    With ``r = x - b - c`` (``x`` the raw trace), ``d = dc/dlam`` and ``q = 1 + dc/db``.
     """
-    rss = 0.0
-    sr = 0.0
-    sq = 0.0
-    sd = 0.0
-    srq = 0.0
-    sqq = 0.0
-    srd = 0.0
-    sqd = 0.0
-    sdd = 0.0
+    S = _NO_SUMS
     nlast = n - 1
     for i in range(n):
-        t0 = t[i]
-        li = l[i]
         if w[i] > 0.0:
             v = vw[i] / w[i]
             clipped = i == 0 and v < 0.0
         else:
-            v = 0.0
             clipped = True
         if clipped:
             v = 0.0
@@ -169,28 +252,15 @@ def _ar1_stats(x, obs, b, g, vw, w, u, t, l, n):
             db = 0.0
         else:
             # sum of penalty coefficients over the pool: 1 - g^l, or 1 for the last pool
-            e = 1.0 if i == nlast else 1.0 - _pow_int(g, li)
+            e = 1.0 if i == nlast else 1.0 - _pow_int(g, l[i])
             dl = -e / w[i]
             db = -u[i] / w[i]
         gk = 1.0
-        for k in range(li):
-            tt = t0 + k
+        for tt in range(t[i], t[i] + l[i]):
             if obs[tt]:
-                c = v * gk
-                r = x[tt] - b - c
-                dd = dl * gk
-                qq = 1.0 + db * gk
-                rss += r * r
-                sr += r
-                sq += qq
-                sd += dd
-                srq += r * qq
-                sqq += qq * qq
-                srd += r * dd
-                sqd += qq * dd
-                sdd += dd * dd
+                S = _add_sums(S, x[tt] - b - v * gk, dl * gk, 1.0 + db * gk)
             gk *= g
-    return rss, sr, sq, sd, srq, sqq, srd, sqd, sdd
+    return S
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
@@ -216,101 +286,31 @@ def _shift_pools_ar1(vw, w, u, l, n, g, dlam, db):
 
 
 @numba.njit(cache=True, nogil=True)
-def _repool_ar1(vw, w, u, t, l, n, gpow, s_min):
-    """Merge every violating pool after a shift (forward pass with backward merging)."""
-    m = 0
-    for k in range(n):
-        vw[m] = vw[k]
-        w[m] = w[k]
-        u[m] = u[k]
-        t[m] = t[k]
-        l[m] = l[k]
-        m += 1
-        while m > 1:
-            i = m - 1
-            j = m - 2
-            gl = gpow[l[j]]
-            if w[i] > 0.0:
-                pv = vw[j] / w[j] if w[j] > 0.0 else 0.0
-                if j == 0 and pv < 0.0:
-                    pv = 0.0
-                if pv * gl + s_min <= vw[i] / w[i]:
-                    break
-            vw[j] += gl * vw[i]
-            w[j] += gl * gl * w[i]
-            u[j] += gl * u[i]
-            l[j] += l[i]
-            m -= 1
-    return m
-
-
-@numba.njit(cache=True, nogil=True, inline="always")
-def _solve_step(rss0, lin, quad, thresh):
-    """Smallest-magnitude step ``a`` with rss0 + 2 a lin + a^2 quad = thresh on the rising side.
-
-    Returns (a, ok); when the parabola never reaches ``thresh`` it returns its minimiser.
-    """
-    if quad <= 0.0:
-        if lin == 0.0:
-            return 0.0, False
-        return (thresh - rss0) / (2.0 * lin), True
-    disc = lin * lin - quad * (rss0 - thresh)
-    if disc < 0.0:
-        return -lin / quad, False
-    return (-lin + math.sqrt(disc)) / quad, True
-
-
-@numba.njit(cache=True, nogil=True)
 def _constrained_ar1_kernel(y, g, sn, optimize_b, b_lower, b_init, max_iter):
     """Noise-constrained AR(1) OASIS. Returns (c, s, b, lam, rss)."""
     T = y.shape[0]
-    obs = ~np.isnan(y)
-    n_obs = 0
-    for k in range(T):
-        if obs[k]:
-            n_obs += 1
-    x = np.where(obs, y, 0.0)
-    thresh = sn * sn * n_obs
+    obs, x = _observed(y)
+    thresh = sn * sn * np.sum(obs)
     gpow = _gpow_table(g, T)
-    vw = np.empty(T)
-    w = np.empty(T)
-    u = np.empty(T)
-    t = np.empty(T, np.int64)
-    l = np.empty(T, np.int64)
+    vw, w, u, t, l = _ar1_buffers(T)
     b = b_init
     lam = 0.0
-    xb = np.where(obs, x - b, 0.0)
-    n = _ar1_pool(xb, obs, g, lam, 0.0, gpow, vw, w, u, t, l)
-    rss = 0.0
-    for it in range(max_iter):
-        rss, sr, sq, sd, srq, sqq, srd, sqd, sdd = _ar1_stats(x, obs, b, g, vw, w, u, t, l, n)
+    n = _ar1_pool(np.where(obs, x - b, 0.0), obs, g, lam, 0.0, gpow, vw, w, u, t, l)
+    for _ in range(max_iter):
+        sums = _ar1_stats(x, obs, b, g, vw, w, u, t, l, n)
+        rss, sr, sq = sums[0], sums[1], sums[2]
         if not optimize_b:
             if rss >= thresh * (1.0 - _RSS_TOL):
                 break
             # rss(a) = rss - 2 a sum(r d) + a^2 sum(d^2), since r -> r - a d
-            dlam, ok = _solve_step(rss, -srd, sdd, thresh)
+            dlam, ok = _solve_step(rss, -sums[6], sums[8], thresh)
             if not ok or dlam <= 0.0:
                 break
             dbase = 0.0
         else:
             if abs(rss - thresh) <= _RSS_TOL * thresh and abs(sr) <= 1e-6 * (abs(sq) + 1.0) * sn:
                 break
-            # the baseline keeps sum(r) = 0: db = (sum r - dlam sum d) / sum q
-            r0r0 = rss - 2.0 * sr / sq * srq + (sr / sq) ** 2 * sqq
-            r0m = sd / sq * srq - srd - (sr / sq) * (sd / sq) * sqq + (sr / sq) * sqd
-            mm = (sd / sq) ** 2 * sqq - 2.0 * (sd / sq) * sqd + sdd
-            dlam, ok = _solve_step(r0r0, r0m, mm, thresh)
-            if lam + dlam < 0.0:
-                dlam = -lam
-            dbase = (sr - dlam * sd) / sq
-            if b + dbase < b_lower:
-                dbase = b_lower - b
-                # penalty only, with the baseline fixed at its bound: r -> r - db q - a d
-                r1 = rss - 2.0 * dbase * srq + dbase * dbase * sqq
-                lin = -(srd - dbase * sqd)
-                dlam, ok = _solve_step(r1, lin, sdd, thresh)
-                if lam + dlam < 0.0:
-                    dlam = -lam
+            dlam, dbase = _lam_b_step(sums, lam, b, b_lower, thresh)
             if abs(dlam) < 1e-12 * (abs(lam) + 1.0) and abs(dbase) < 1e-12 * (abs(b) + sn):
                 break
         lam += dlam
@@ -318,12 +318,9 @@ def _constrained_ar1_kernel(y, g, sn, optimize_b, b_lower, b_init, max_iter):
         if _shift_pools_ar1(vw, w, u, l, n, g, dlam, dbase):
             n = _repool_ar1(vw, w, u, t, l, n, gpow, 0.0)
         else:  # values rise: pools may need to split, so pool again from scratch
-            xb = np.where(obs, x - b, 0.0)
-            n = _ar1_pool(xb, obs, g, lam, 0.0, gpow, vw, w, u, t, l)
+            n = _ar1_pool(np.where(obs, x - b, 0.0), obs, g, lam, 0.0, gpow, vw, w, u, t, l)
     rss = _ar1_stats(x, obs, b, g, vw, w, u, t, l, n)[0]
-    c = np.empty(T)
-    s = np.empty(T)
-    _ar1_fill(vw, w, t, l, n, g, c, s)
+    c, s = _ar1_output(vw, w, t, l, n, g)
     return c, s, b, lam, rss
 
 
@@ -340,6 +337,42 @@ def _ar2_h(g1, g2, T):
     return h
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _ar2_coef(tt, T, g1, e_mid):
+    """Penalty coefficient of frame ``tt``: sum of the spikes' dependence on c_tt
+    (``1 - g1 - g2``; ``1 - g1`` and 1 on the last two frames)."""
+    if tt == T - 1:
+        return 1.0
+    if tt == T - 2:
+        return 1.0 - g1
+    return e_mid
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _ar2_value(j, g2, Y0, H00, H01, cp):
+    """Least-squares value of pool ``j`` given the calcium before it (pool 0 clipped at 0)."""
+    val = (Y0[j] - g2 * cp[j] * H01[j]) / H00[j] if H00[j] > 0.0 else 0.0
+    if j == 0 and val < 0.0:
+        val = 0.0
+    return val
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _ar2_append(j, i, g2, h, Y0, Y1, H00, H01, H11, l):
+    """Append pool ``i`` to pool ``j`` (O(1), via h_{m+n} = h_m h_n + g2 h_{m-1} h_{n-1})."""
+    la = l[j]
+    a = h[la + 2]
+    bb = g2 * h[la + 1]
+    a1 = h[la + 1]
+    b1 = g2 * h[la]
+    Y0[j] += a * Y0[i] + bb * Y1[i]
+    Y1[j] += a1 * Y0[i] + b1 * Y1[i]
+    H00[j] += a * a * H00[i] + 2.0 * a * bb * H01[i] + bb * bb * H11[i]
+    H01[j] += a * a1 * H00[i] + (a * b1 + bb * a1) * H01[i] + bb * b1 * H11[i]
+    H11[j] += a1 * a1 * H00[i] + 2.0 * a1 * b1 * H01[i] + b1 * b1 * H11[i]
+    l[j] += l[i]
+
+
 @numba.njit(cache=True, nogil=True)
 def _ar2_pool(x, obs, g1, g2, lam, s_min, h, Y0, Y1, H00, H01, H11, v, cp, cpp, t, l):
     """Greedy AR(2) pooling; returns the pool count.
@@ -348,23 +381,15 @@ def _ar2_pool(x, obs, g1, g2, lam, s_min, h, Y0, Y1, H00, H01, H11, v, cp, cpp, 
     where cp[i] (cpp[i]) is the calcium one (two) frame(s) before the pool. Per pool, with
     y' the trace minus the penalty terms: Y0 = sum h_k y'_k, Y1 = sum h_{k-1} y'_k,
     H00 = sum h_k^2, H01 = sum h_k h_{k-1}, H11 = sum h_{k-1}^2 (sums over observed frames);
-    appending a pool uses h_{m+n} = h_m h_n + g2 h_{m-1} h_{n-1}, so a merge is O(1).
+    a merge (:func:`_ar2_append`) is O(1).
     ``h`` is stored with an offset of 2 (h[k + 2] = h_k, h_{-1} = h_{-2} = 0).
-    (The merge loop is inline: array-passing helper calls are slow in numba.)
     """
     T = x.shape[0]
     n = 0
     e_mid = 1.0 - g1 - g2
     for k in range(T):
-        if k == T - 1:
-            coef = 1.0
-        elif k == T - 2:
-            coef = 1.0 - g1
-        else:
-            coef = e_mid
-        xv = x[k] if obs[k] else 0.0
         H00[n] = 1.0 if obs[k] else 0.0
-        Y0[n] = xv - lam * coef
+        Y0[n] = (x[k] if obs[k] else 0.0) - lam * _ar2_coef(k, T, g1, e_mid)
         Y1[n] = 0.0
         H01[n] = 0.0
         H11[n] = 0.0
@@ -377,38 +402,18 @@ def _ar2_pool(x, obs, g1, g2, lam, s_min, h, Y0, Y1, H00, H01, H11, v, cp, cpp, 
             j = n - 1
             kk = l[j] - 1
             cp[n] = v[j] * h[kk + 2] + g2 * cp[j] * h[kk + 1]
-            if kk >= 1:
-                cpp[n] = v[j] * h[kk + 1] + g2 * cp[j] * h[kk]
-            else:
-                cpp[n] = cp[j]
-        val = (Y0[n] - g2 * cp[n] * H01[n]) / H00[n] if H00[n] > 0.0 else 0.0
-        if n == 0 and val < 0.0:
-            val = 0.0
-        v[n] = val
+            cpp[n] = v[j] * h[kk + 1] + g2 * cp[j] * h[kk] if kk >= 1 else cp[j]
+        v[n] = _ar2_value(n, g2, Y0, H00, H01, cp)
         n += 1
+        # merge the last pool backwards while its initial spike is below s_min
         while n > 1:
             i = n - 1
             j = n - 2
-            if H00[i] > 0.0:
-                if v[i] - g1 * cp[i] - g2 * cpp[i] >= s_min:
-                    break
-            # append pool i to pool j
-            la = l[j]
-            a = h[la + 2]
-            bb = g2 * h[la + 1]
-            a1 = h[la + 1]
-            b1 = g2 * h[la]
-            Y0[j] += a * Y0[i] + bb * Y1[i]
-            Y1[j] += a1 * Y0[i] + b1 * Y1[i]
-            H00[j] += a * a * H00[i] + 2.0 * a * bb * H01[i] + bb * bb * H11[i]
-            H01[j] += a * a1 * H00[i] + (a * b1 + bb * a1) * H01[i] + bb * b1 * H11[i]
-            H11[j] += a1 * a1 * H00[i] + 2.0 * a1 * b1 * H01[i] + b1 * b1 * H11[i]
-            l[j] += l[i]
+            if H00[i] > 0.0 and v[i] - g1 * cp[i] - g2 * cpp[i] >= s_min:
+                break
+            _ar2_append(j, i, g2, h, Y0, Y1, H00, H01, H11, l)
             n -= 1
-            val = (Y0[j] - g2 * cp[j] * H01[j]) / H00[j] if H00[j] > 0.0 else 0.0
-            if j == 0 and val < 0.0:
-                val = 0.0
-            v[j] = val
+            v[j] = _ar2_value(j, g2, Y0, H00, H01, cp)
     return n
 
 
@@ -437,28 +442,36 @@ def _ar2_solve(x, obs, g1, g2, lam, s_min, h, bufs):
 
 
 @numba.njit(cache=True, nogil=True)
+def _ar2_greedy(xb, obs, g1, g2, lam, s_min, h, bufs, c, s):
+    """Greedy AR(2) solution of ``xb`` (baseline removed, 0 at unobserved frames) at ``lam``:
+    writes ``c`` and ``s``; returns the pool count."""
+    n = _ar2_solve(xb, obs, g1, g2, lam, s_min, h, bufs)
+    _ar2_fill(bufs[5], bufs[8], bufs[9], n, g1, g2, c, s)
+    return n
+
+
+@numba.njit(cache=True, nogil=True)
 def _ar2_buffers(T):
     return (np.empty(T), np.empty(T), np.empty(T), np.empty(T), np.empty(T), np.empty(T),
             np.empty(T), np.empty(T), np.empty(T, np.int64), np.empty(T, np.int64))
 
 
 @numba.njit(cache=True, nogil=True)
-def _oasis_ar2_kernel(y, g1, g2, lam, s_min):
+def _ar2_workspace(y, g1, g2):
+    """Everything the AR(2) kernels allocate: (obs, x, h, bufs, starts, c, dl, db, s)."""
     T = y.shape[0]
-    obs = ~np.isnan(y)
-    x = np.where(obs, y, 0.0)
-    h = _ar2_h(g1, g2, T)
-    bufs = _ar2_buffers(T)
-    c = np.empty(T)
-    s = np.empty(T)
+    obs, x = _observed(y)
+    return (obs, x, _ar2_h(g1, g2, T), _ar2_buffers(T), np.zeros(T, np.bool_),
+            np.empty(T), np.empty(T), np.empty(T), np.empty(T))
+
+
+@numba.njit(cache=True, nogil=True)
+def _oasis_ar2_kernel(y, g1, g2, lam, s_min):
+    obs, x, h, bufs, starts, c, dl, db, s = _ar2_workspace(y, g1, g2)
     if s_min == 0.0:  # convex: refine the greedy support to the exact optimum
-        starts = np.zeros(T, np.bool_)
-        dl = np.empty(T)
-        db = np.empty(T)
         _ar2_exact_at(x, obs, 0.0, g1, g2, lam, h, bufs, starts, False, c, dl, db, s)
-        return c, s
-    n = _ar2_solve(x, obs, g1, g2, lam, s_min, h, bufs)
-    _ar2_fill(bufs[5], bufs[8], bufs[9], n, g1, g2, c, s)
+    else:
+        _ar2_greedy(x, obs, g1, g2, lam, s_min, h, bufs, c, s)
     return c, s
 
 
@@ -472,53 +485,115 @@ def _ar2_linear(x, obs, b, g1, g2, lam, h, bufs, n, c, dl, db):
     e_mid = 1.0 - g1 - g2
     # per pool, the derivative of the value: dv = (dY0 - g2 dcp H01) / H00, with
     # dY0/dlam = -sum e_k h_k and dY0/db = -sum_obs h_k
-    c1 = 0.0
-    c2 = 0.0
-    d1 = 0.0
-    d2 = 0.0
-    q1 = 0.0
-    q2 = 0.0
+    c1 = c2 = d1 = d2 = q1 = q2 = 0.0
     for i in range(n):
         t0 = t[i]
-        li = l[i]
         sel = 0.0
         sob = 0.0
-        for k in range(li):
-            tt = t0 + k
-            if tt == T - 1:
-                coef = 1.0
-            elif tt == T - 2:
-                coef = 1.0 - g1
-            else:
-                coef = e_mid
-            sel += coef * h[k + 2]
-            if obs[tt]:
+        for k in range(l[i]):
+            sel += _ar2_coef(t0 + k, T, g1, e_mid) * h[k + 2]
+            if obs[t0 + k]:
                 sob += h[k + 2]
         clipped = H00[i] <= 0.0 or (i == 0 and v[i] <= 0.0)
-        for k in range(li):
-            tt = t0 + k
+        for k in range(l[i]):
             if k == 0:
                 ct = v[i]
-                if clipped:
-                    dt = 0.0
-                    qt = 0.0
-                else:
-                    dt = (-sel - g2 * d1 * H01[i]) / H00[i]
-                    qt = (-sob - g2 * q1 * H01[i]) / H00[i]
+                dt = 0.0 if clipped else (-sel - g2 * d1 * H01[i]) / H00[i]
+                qt = 0.0 if clipped else (-sob - g2 * q1 * H01[i]) / H00[i]
             else:
                 ct = g1 * c1 + g2 * c2
                 dt = g1 * d1 + g2 * d2
                 qt = g1 * q1 + g2 * q2
-            c[tt] = ct
-            dl[tt] = dt
-            db[tt] = qt
-            c2 = c1
-            c1 = ct
-            d2 = d1
-            d1 = dt
-            q2 = q1
-            q1 = qt
+            c[t0 + k] = ct
+            dl[t0 + k] = dt
+            db[t0 + k] = qt
+            c1, c2, d1, d2, q1, q2 = ct, c1, dt, d1, qt, q1
     return _residual_sums(x, obs, b, c, dl, db)
+
+
+@numba.njit(cache=True, nogil=True)
+def _ar2_pool_sums(x, obs, b, g1, g2, h, tp, n):
+    """Per-pool sums of the support fit, pools starting at ``tp[:n]``.
+
+    Returns (lp, A, B, C, Y0, Y1, E0, E1, O0, O1): pool lengths; over observed frames
+    A = sum h_k^2, B = sum h_k h_{k-1}, C = sum h_{k-1}^2, Y0 = sum h_k (x - b),
+    Y1 = sum h_{k-1} (x - b), O0 = sum h_k, O1 = sum h_{k-1}; over all frames
+    E0 = sum e_k h_k, E1 = sum e_k h_{k-1} (e_k the penalty coefficients).
+    """
+    T = x.shape[0]
+    e_mid = 1.0 - g1 - g2
+    A, B, C, Y0, Y1 = np.zeros(n), np.zeros(n), np.zeros(n), np.zeros(n), np.zeros(n)
+    E0, E1, O0, O1 = np.zeros(n), np.zeros(n), np.zeros(n), np.zeros(n)
+    lp = np.empty(n, np.int64)
+    for i in range(n):
+        lp[i] = (tp[i + 1] if i + 1 < n else T) - tp[i]
+        for k in range(lp[i]):
+            tt = tp[i] + k
+            hk = h[k + 2]
+            hk1 = h[k + 1]
+            coef = _ar2_coef(tt, T, g1, e_mid)
+            E0[i] += coef * hk
+            E1[i] += coef * hk1
+            if obs[tt]:
+                xv = x[tt] - b
+                A[i] += hk * hk
+                B[i] += hk * hk1
+                C[i] += hk1 * hk1
+                Y0[i] += hk * xv
+                Y1[i] += hk1 * xv
+                O0[i] += hk
+                O1[i] += hk1
+    return lp, A, B, C, Y0, Y1, E0, E1, O0, O1
+
+
+@numba.njit(cache=True, nogil=True)
+def _ar2_riccati(g2, lam, h, sums):
+    """Backward scalar Riccati recursion over the pools (state: the calcium before a pool).
+
+    Returns (Ap, K, M, ML, MB) (float64 (n,)): the pool value is
+    ``v = (M - K cp) / Ap``; ``ML`` and ``MB`` are the derivatives of ``M`` in lam and b.
+    """
+    lp, A, B, C, Y0, Y1, E0, E1, O0, O1 = sums
+    n = lp.shape[0]
+    Ap, K, M, ML, MB = np.empty(n), np.empty(n), np.empty(n), np.empty(n), np.empty(n)
+    P = q = qL = qB = 0.0
+    for i in range(n - 1, -1, -1):
+        alpha = h[lp[i] + 1]          # h_{l-1}
+        beta = g2 * h[lp[i]]          # g2 h_{l-2}
+        a = A[i] + P * alpha * alpha
+        if a < 1e-300:
+            a = 1e-300
+        k = g2 * B[i] + P * alpha * beta
+        m = Y0[i] - lam * E0[i] + q * alpha
+        mL = -E0[i] + qL * alpha
+        mB = -O0[i] + qB * alpha
+        Ap[i], K[i], M[i], ML[i], MB[i] = a, k, m, mL, mB
+        P, q, qL, qB = (g2 * g2 * C[i] + P * beta * beta - k * k / a,
+                        g2 * (Y1[i] - lam * E1[i]) + q * beta - m * k / a,
+                        -g2 * E1[i] + qL * beta - mL * k / a,
+                        -g2 * O1[i] + qB * beta - mB * k / a)
+    return Ap, K, M, ML, MB
+
+
+@numba.njit(cache=True, nogil=True)
+def _ar2_forward(g2, h, tp, lp, gains, c, dl, db):
+    """Forward pass of the support fit: pool values from :func:`_ar2_riccati`'s ``gains``
+    (``c_0 >= 0``), writing ``c``, ``dl`` = dc/dlam and ``db`` = dc/db."""
+    Ap, K, M, ML, MB = gains
+    cp = dcpL = dcpB = 0.0
+    for i in range(lp.shape[0]):
+        v = (M[i] - K[i] * cp) / Ap[i]
+        dvL = (ML[i] - K[i] * dcpL) / Ap[i]
+        dvB = (MB[i] - K[i] * dcpB) / Ap[i]
+        if i == 0 and v < 0.0:
+            v = dvL = dvB = 0.0
+        for k in range(lp[i]):
+            tt = tp[i] + k
+            c[tt] = v * h[k + 2] + g2 * cp * h[k + 1]
+            dl[tt] = dvL * h[k + 2] + g2 * dcpL * h[k + 1]
+            db[tt] = dvB * h[k + 2] + g2 * dcpB * h[k + 1]
+        last = tp[i] + lp[i] - 1
+        cp, dcpL, dcpB = c[last], dl[last], db[last]
 
 
 @numba.njit(cache=True, nogil=True)
@@ -533,95 +608,14 @@ def _ar2_support_fit(x, obs, b, g1, g2, lam, h, starts, c, dl, db, s):
     and ``db`` = dc/db for this support, and the spikes ``s``. Returns the pool count.
     """
     T = x.shape[0]
-    e_mid = 1.0 - g1 - g2
     tp = np.empty(T, np.int64)
     n = 0
     for tt in range(T):
         if tt == 0 or starts[tt]:
             tp[n] = tt
             n += 1
-    A = np.zeros(n)
-    B = np.zeros(n)
-    C = np.zeros(n)
-    Y0 = np.zeros(n)
-    Y1 = np.zeros(n)
-    E0 = np.zeros(n)
-    E1 = np.zeros(n)
-    O0 = np.zeros(n)
-    O1 = np.zeros(n)
-    lp = np.empty(n, np.int64)
-    for i in range(n):
-        stop = tp[i + 1] if i + 1 < n else T
-        lp[i] = stop - tp[i]
-        for k in range(lp[i]):
-            tt = tp[i] + k
-            hk = h[k + 2]
-            hk1 = h[k + 1]
-            if tt == T - 1:
-                coef = 1.0
-            elif tt == T - 2:
-                coef = 1.0 - g1
-            else:
-                coef = e_mid
-            E0[i] += coef * hk
-            E1[i] += coef * hk1
-            if obs[tt]:
-                xv = x[tt] - b
-                A[i] += hk * hk
-                B[i] += hk * hk1
-                C[i] += hk1 * hk1
-                Y0[i] += hk * xv
-                Y1[i] += hk1 * xv
-                O0[i] += hk
-                O1[i] += hk1
-    Ap = np.empty(n)
-    K = np.empty(n)
-    M = np.empty(n)
-    ML = np.empty(n)
-    MB = np.empty(n)
-    P = 0.0
-    q = 0.0
-    qL = 0.0
-    qB = 0.0
-    for i in range(n - 1, -1, -1):
-        alpha = h[lp[i] + 1]          # h_{l-1}
-        beta = g2 * h[lp[i]]          # g2 h_{l-2}
-        a = A[i] + P * alpha * alpha
-        if a < 1e-300:
-            a = 1e-300
-        k = g2 * B[i] + P * alpha * beta
-        m = Y0[i] - lam * E0[i] + q * alpha
-        mL = -E0[i] + qL * alpha
-        mB = -O0[i] + qB * alpha
-        Ap[i] = a
-        K[i] = k
-        M[i] = m
-        ML[i] = mL
-        MB[i] = mB
-        P, q, qL, qB = (g2 * g2 * C[i] + P * beta * beta - k * k / a,
-                        g2 * (Y1[i] - lam * E1[i]) + q * beta - m * k / a,
-                        -g2 * E1[i] + qL * beta - mL * k / a,
-                        -g2 * O1[i] + qB * beta - mB * k / a)
-    cp = 0.0
-    dcpL = 0.0
-    dcpB = 0.0
-    for i in range(n):
-        v = (M[i] - K[i] * cp) / Ap[i]
-        dvL = (ML[i] - K[i] * dcpL) / Ap[i]
-        dvB = (MB[i] - K[i] * dcpB) / Ap[i]
-        if i == 0 and v < 0.0:
-            v = 0.0
-            dvL = 0.0
-            dvB = 0.0
-        for k in range(lp[i]):
-            tt = tp[i] + k
-            c[tt] = v * h[k + 2] + g2 * cp * h[k + 1]
-            dl[tt] = dvL * h[k + 2] + g2 * dcpL * h[k + 1]
-            db[tt] = dvB * h[k + 2] + g2 * dcpB * h[k + 1]
-        last = tp[i] + lp[i] - 1
-        cp = c[last]
-        dcpL = dl[last]
-        dcpB = db[last]
+    sums = _ar2_pool_sums(x, obs, b, g1, g2, h, tp, n)
+    _ar2_forward(g2, h, tp, sums[0], _ar2_riccati(g2, lam, h, sums), c, dl, db)
     for tt in range(T):
         s[tt] = 0.0
     for i in range(n):
@@ -652,7 +646,7 @@ def _ar2_refine(x, obs, b, g1, g2, lam, h, starts, c, dl, db, s, max_iter):
     tol_s = 1e-10 * scale
     tol_z = 1e-8 * (lam + scale)
     z = np.empty(T)
-    for it in range(max_iter):
+    for _ in range(max_iter):
         _ar2_support_fit(x, obs, b, g1, g2, lam, h, starts, c, dl, db, s)
         pruned = False
         for tt in range(1, T):
@@ -683,36 +677,6 @@ def _ar2_refine(x, obs, b, g1, g2, lam, h, starts, c, dl, db, s, max_iter):
 
 
 @numba.njit(cache=True, nogil=True)
-def _residual_sums(x, obs, b, c, dl, db):
-    """(sum r^2, sum r, sum q, sum d, sum rq, sum q^2, sum rd, sum qd, sum d^2) with
-    r = x - b - c, d = dc/dlam, q = 1 + dc/db over observed frames."""
-    rss = 0.0
-    sr = 0.0
-    sq = 0.0
-    sd = 0.0
-    srq = 0.0
-    sqq = 0.0
-    srd = 0.0
-    sqd = 0.0
-    sdd = 0.0
-    for tt in range(x.shape[0]):
-        if obs[tt]:
-            r = x[tt] - b - c[tt]
-            dd = dl[tt]
-            qq = 1.0 + db[tt]
-            rss += r * r
-            sr += r
-            sq += qq
-            sd += dd
-            srq += r * qq
-            sqq += qq * qq
-            srd += r * dd
-            sqd += qq * dd
-            sdd += dd * dd
-    return rss, sr, sq, sd, srq, sqq, srd, sqd, sdd
-
-
-@numba.njit(cache=True, nogil=True)
 def _ar2_exact_at(x, obs, b, g1, g2, lam, h, bufs, starts, warm, c, dl, db, s):
     """Exact L1 fit at (lam, b): greedy pooling for the first support unless ``warm``, then
     the active-set refinement. Returns the residual sums of :func:`_residual_sums`."""
@@ -734,30 +698,17 @@ def _constrained_ar2_kernel(y, g1, g2, sn, optimize_b, b_lower, b_init, max_iter
     """Noise-constrained AR(2) deconvolution by Newton steps on (lam, b), each point solved
     exactly (greedy support, refined; warm-started from the previous support).
     Returns (c, s, b, lam, rss)."""
-    T = y.shape[0]
-    obs = ~np.isnan(y)
-    n_obs = 0
-    for k in range(T):
-        if obs[k]:
-            n_obs += 1
-    x = np.where(obs, y, 0.0)
-    thresh = sn * sn * n_obs
-    h = _ar2_h(g1, g2, T)
-    bufs = _ar2_buffers(T)
-    c = np.empty(T)
-    dl = np.empty(T)
-    db = np.empty(T)
+    obs, x, h, bufs, starts, c, dl, db, s = _ar2_workspace(y, g1, g2)
+    thresh = sn * sn * np.sum(obs)
     b = b_init
     lam = 0.0
     best_lam = 0.0
     best_b = b
     best_err = np.inf
     done = False
-    starts = np.zeros(T, np.bool_)
-    s = np.empty(T)
     for it in range(max_iter):
-        rss, sr, sq, sd, srq, sqq, srd, sqd, sdd = _ar2_exact_at(x, obs, b, g1, g2, lam, h, bufs,
-                                                                 starts, it > 0, c, dl, db, s)
+        sums = _ar2_exact_at(x, obs, b, g1, g2, lam, h, bufs, starts, it > 0, c, dl, db, s)
+        rss = sums[0]
         err = abs(rss - thresh) / thresh
         if not optimize_b:
             if rss >= thresh * (1.0 - _RSS_TOL) and lam == 0.0:
@@ -768,27 +719,16 @@ def _constrained_ar2_kernel(y, g1, g2, sn, optimize_b, b_lower, b_init, max_iter
             if err <= _RSS_TOL:
                 done = True
                 break
-            dlam, ok = _solve_step(rss, -srd, sdd, thresh)
+            dlam, ok = _solve_step(rss, -sums[6], sums[8], thresh)
             dbase = 0.0
         else:
-            berr = abs(sr) / (abs(sq) * sn + 1e-300)
-            tot = err + berr
-            if tot < best_err:
-                best_lam, best_b, best_err = lam, b, tot
+            berr = abs(sums[1]) / (abs(sums[2]) * sn + 1e-300)
+            if err + berr < best_err:
+                best_lam, best_b, best_err = lam, b, err + berr
             if err <= _RSS_TOL and berr <= 1e-6:
                 done = True
                 break
-            r0r0 = rss - 2.0 * sr / sq * srq + (sr / sq) ** 2 * sqq
-            r0m = sd / sq * srq - srd - (sr / sq) * (sd / sq) * sqq + (sr / sq) * sqd
-            mm = (sd / sq) ** 2 * sqq - 2.0 * (sd / sq) * sqd + sdd
-            dlam, ok = _solve_step(r0r0, r0m, mm, thresh)
-            if lam + dlam < 0.0:
-                dlam = -lam
-            dbase = (sr - dlam * sd) / sq
-            if b + dbase < b_lower:
-                dbase = b_lower - b
-                r1 = rss - 2.0 * dbase * srq + dbase * dbase * sqq
-                dlam, ok = _solve_step(r1, -(srd - dbase * sqd), sdd, thresh)
+            dlam, dbase = _lam_b_step(sums, lam, b, b_lower, thresh)
         if lam + dlam < 0.0:
             dlam = -lam
         if abs(dlam) <= 1e-12 * (lam + 1.0) and abs(dbase) <= 1e-12 * (abs(b) + sn):
@@ -812,69 +752,41 @@ def _fixed_b_ar1_kernel(y, g, lam, s_min, b_init, b_lower, max_iter):
     Newton steps on b using the exact dependence of c on b for the current pools.
     Returns (c, s, b).
     """
-    T = y.shape[0]
-    obs = ~np.isnan(y)
-    x = np.where(obs, y, 0.0)
-    gpow = _gpow_table(g, T)
-    vw = np.empty(T)
-    w = np.empty(T)
-    u = np.empty(T)
-    t = np.empty(T, np.int64)
-    l = np.empty(T, np.int64)
+    obs, x = _observed(y)
+    gpow = _gpow_table(g, y.shape[0])
+    vw, w, u, t, l = _ar1_buffers(y.shape[0])
     b = max(b_init, b_lower)
-    n = 0
-    for it in range(max_iter):
+    for _ in range(max_iter):
         n = _ar1_pool(np.where(obs, x - b, 0.0), obs, g, lam, s_min, gpow, vw, w, u, t, l)
-        stats = _ar1_stats(x, obs, b, g, vw, w, u, t, l, n)
-        sr = stats[1]
-        sq = stats[2]
-        step = sr / sq if sq > 0.0 else 0.0
-        if b + step < b_lower:
-            step = b_lower - b
-        if abs(step) <= 1e-9 * (abs(b) + 1e-12) or step == 0.0:
+        step, stop = _baseline_step(_ar1_stats(x, obs, b, g, vw, w, u, t, l, n), b, b_lower)
+        if stop:
             break
         b += step
     n = _ar1_pool(np.where(obs, x - b, 0.0), obs, g, lam, s_min, gpow, vw, w, u, t, l)
-    c = np.empty(T)
-    s = np.empty(T)
-    _ar1_fill(vw, w, t, l, n, g, c, s)
+    c, s = _ar1_output(vw, w, t, l, n, g)
     return c, s, b
 
 
 @numba.njit(cache=True, nogil=True)
 def _fixed_b_ar2_kernel(y, g1, g2, lam, s_min, b_init, b_lower, max_iter):
     """AR(2) counterpart of :func:`_fixed_b_ar1_kernel`. Returns (c, s, b)."""
-    T = y.shape[0]
-    obs = ~np.isnan(y)
-    x = np.where(obs, y, 0.0)
-    h = _ar2_h(g1, g2, T)
-    bufs = _ar2_buffers(T)
-    c = np.empty(T)
-    dl = np.empty(T)
-    db = np.empty(T)
+    obs, x, h, bufs, starts, c, dl, db, s = _ar2_workspace(y, g1, g2)
     b = max(b_init, b_lower)
-    s = np.empty(T)
     exact = s_min == 0.0
-    starts = np.zeros(T, np.bool_)
     for it in range(max_iter):
         if exact:
-            stats = _ar2_exact_at(x, obs, b, g1, g2, lam, h, bufs, starts, it > 0, c, dl, db, s)
+            sums = _ar2_exact_at(x, obs, b, g1, g2, lam, h, bufs, starts, it > 0, c, dl, db, s)
         else:
             n = _ar2_solve(np.where(obs, x - b, 0.0), obs, g1, g2, lam, s_min, h, bufs)
-            stats = _ar2_linear(x, obs, b, g1, g2, lam, h, bufs, n, c, dl, db)
-        sr = stats[1]
-        sq = stats[2]
-        step = sr / sq if sq > 0.0 else 0.0
-        if b + step < b_lower:
-            step = b_lower - b
-        if abs(step) <= 1e-9 * (abs(b) + 1e-12) or step == 0.0:
+            sums = _ar2_linear(x, obs, b, g1, g2, lam, h, bufs, n, c, dl, db)
+        step, stop = _baseline_step(sums, b, b_lower)
+        if stop:
             break
         b += step
     if exact:
         _ar2_exact_at(x, obs, b, g1, g2, lam, h, bufs, starts, True, c, dl, db, s)
-        return c, s, b
-    n = _ar2_solve(np.where(obs, x - b, 0.0), obs, g1, g2, lam, s_min, h, bufs)
-    _ar2_fill(bufs[5], bufs[8], bufs[9], n, g1, g2, c, s)
+    else:
+        _ar2_greedy(np.where(obs, x - b, 0.0), obs, g1, g2, lam, s_min, h, bufs, c, s)
     return c, s, b
 
 

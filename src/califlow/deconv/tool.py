@@ -34,19 +34,23 @@ and listed in ``params.csv``; they never stop the other cells.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import shutil
+import sys
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
 from califlow.deconv.foopsi import BatchResult, deconvolve_batch
 from califlow.errors import ConfigError, InputError
+from califlow.progress import CONSOLE
 
-__all__ = ["TraceSet", "read_inputs", "run_spike_extraction", "spike_params", "add_cli"]
+__all__ = ["TraceSet", "read_inputs", "run_spike_extraction", "spike_params", "summary_line", "add_cli"]
 
 log = logging.getLogger("califlow.deconv.tool")
 
@@ -107,21 +111,13 @@ class TraceSet:
 def spike_params(config: Mapping | None = None) -> dict:
     """Resolved ``spike_extraction`` group (defaults filled, 'auto' -> None, g a list).
 
-    Accepts a raw group (as in config.yaml) or an already resolved one (None for 'auto').
-    ``optimize_g: true`` means the default number of events (10), an integer that many.
+    Accepts a raw group (as in config.yaml) or an already resolved one (None for 'auto');
+    ``optimize_g: true`` means the default number of events, an integer that many
+    (:func:`califlow.params.resolve_config`).
     """
-    from califlow.deconv.foopsi import DEFAULT_REFIT_EVENTS
     from califlow.params import resolve_config
 
-    raw = dict(config or {})
-    for key in ("bl", "c1", "sn", "g"):
-        if key in raw and raw[key] is None:
-            raw[key] = "auto"
-    cfg = resolve_config({GROUP: raw})
-    se = cfg[GROUP]
-    if raw.get("optimize_g") is True:
-        se["optimize_g"] = DEFAULT_REFIT_EVENTS
-    return se
+    return resolve_config({GROUP: dict(config or {})})[GROUP]
 
 
 def _deconv_kwargs(se: Mapping) -> dict:
@@ -371,17 +367,16 @@ def _write_events_csv(unit: TraceSet, S: np.ndarray, ok: np.ndarray, path: Path)
     """Events table: one row per ``s > 0`` sample: cell, session, frame, time_s, amplitude."""
     times = unit.times()
     session = _csv_field(unit.session)
-    with _atomic_file(path) as tmp:
-        with open(tmp, "w") as fh:
-            fh.write("cell,session,frame,time_s,amplitude\n")
-            for k in np.flatnonzero(ok):  # loop over cells; rows are formatted by numpy
-                idx = np.flatnonzero(S[k] > 0)
-                if idx.size == 0:
-                    continue
-                t = times[idx] if times is not None else np.full(idx.size, np.nan)
-                prefix = f"{_csv_field(unit.cell_names[k])},{session},".replace("%", "%%")
-                np.savetxt(fh, np.column_stack([idx, t, S[k, idx].astype(np.float64)]),
-                           fmt=prefix + "%d,%.6f,%.7g")
+    with _atomic_file(path) as tmp, open(tmp, "w") as fh:
+        fh.write("cell,session,frame,time_s,amplitude\n")
+        for k in np.flatnonzero(ok):  # loop over cells; rows are formatted by numpy
+            idx = np.flatnonzero(S[k] > 0)
+            if idx.size == 0:
+                continue
+            t = times[idx] if times is not None else np.full(idx.size, np.nan)
+            prefix = f"{_csv_field(unit.cell_names[k])},{session},".replace("%", "%%")
+            np.savetxt(fh, np.column_stack([idx, t, S[k, idx].astype(np.float64)]),
+                       fmt=prefix + "%d,%.6f,%.7g")
     return path
 
 
@@ -479,10 +474,9 @@ def _write_denoised_csv(unit: TraceSet, den: np.ndarray, out: Path) -> Path:
     first, col = ("time_s", times) if times is not None else ("frame", np.arange(den.shape[1]))
     names = [str(n).replace(",", "_") for n in unit.cell_names]
     target = out / f"{unit.name}.denoised.csv"
-    with _atomic_file(target) as tmp:
-        with open(tmp, "w") as fh:
-            fh.write(",".join([first] + names) + "\n")
-            np.savetxt(fh, np.column_stack([col, den.T]), fmt="%.7g", delimiter=",")
+    with _atomic_file(target) as tmp, open(tmp, "w") as fh:
+        fh.write(",".join([first] + names) + "\n")
+        np.savetxt(fh, np.column_stack([col, den.T]), fmt="%.7g", delimiter=",")
     return target
 
 
@@ -492,9 +486,8 @@ def _write_denoised_npy(unit: TraceSet, den: np.ndarray, res: BatchResult, out: 
     S = np.where(res.ok[:, None], res.S, np.nan).astype(np.float32)
     for label, arr in (("denoised", den), ("spikes", S)):
         target = out / f"{unit.name}.{label}.npy"
-        with _atomic_file(target) as tmp:
-            with open(tmp, "wb") as fh:
-                np.save(fh, arr)
+        with _atomic_file(target) as tmp, open(tmp, "wb") as fh:
+            np.save(fh, arr)
         paths.append(target)
     return paths
 
@@ -577,12 +570,25 @@ def run_spike_extraction(inputs: Sequence[str | Path], out_dir: str | Path,
         outputs.append(_write_events_csv(unit, res.S, res.ok, out / f"{unit.name}.events.csv"))
         outputs.append(_write_csv(_params_table(unit, res, kwargs["p"]), out / f"{unit.name}.params.csv"))
         n_events = int(np.count_nonzero((res.S > 0) & res.ok[:, None]))
-        log.info("%s -> %s: %d cells (%d failed), %d events", unit.source, unit.name,
-                 len(unit.cell_names), int((~res.ok).sum()), n_events)
         records.append({"name": unit.name, "source": str(unit.source), "session": unit.session,
                         "cells": len(unit.cell_names), "failed": int((~res.ok).sum()),
                         "events": n_events, "outputs": [str(p) for p in outputs]})
+        # the one summary of the unit: in a job's log and, as a milestone, on the console
+        log.info("%s", summary_line(records[-1]), extra=CONSOLE)
     return records
+
+
+def summary_line(record: Mapping) -> str:
+    """The one-line summary of an output unit (a record of :func:`run_spike_extraction`).
+
+    Examples
+    --------
+    >>> summary_line({"source": "t.csv", "name": "t", "cells": 3, "failed": 0, "events": 12,
+    ...               "outputs": ["o/t.denoised.csv", "o/t.events.csv"]})
+    't.csv -> t: 3 cells (0 failed), 12 events -> t.denoised.csv, t.events.csv'
+    """
+    return (f"{record['source']} -> {record['name']}: {record['cells']} cells ({record['failed']} failed), "
+            f"{record['events']} events -> " + ", ".join(Path(p).name for p in record["outputs"]))
 
 
 # --------------------------------------------------------------------------------------------
@@ -643,13 +649,34 @@ def _cmd_deconvolve(args) -> int:
         value = getattr(args, f"se_{key}", None)
         if value is not None:
             params[key] = _parse_value(key, sub, value)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    records = run_spike_extraction(args.inputs, args.out, params, fps=args.fps,
-                                   nwb_series=args.nwb_series, n_threads=args.threads)
-    for r in records:
-        print(f"{r['name']}: {r['cells']} cells ({r['failed']} failed), {r['events']} events -> "
-              + ", ".join(Path(p).name for p in r["outputs"]))
+    with _cli_logging():  # each unit's summary once, on stdout; the rest of the log on stderr
+        run_spike_extraction(args.inputs, args.out, params, fps=args.fps,
+                             nwb_series=args.nwb_series, n_threads=args.threads)
     return 0
+
+
+@contextlib.contextmanager
+def _cli_logging() -> Iterator[None]:
+    """califlow logging of the command: ``CONSOLE`` records (the summaries) to stdout as bare
+    lines, everything else at INFO and above to stderr; the logger is restored afterwards."""
+    logger = logging.getLogger("califlow")
+    shown = logging.StreamHandler(sys.stdout)
+    shown.setFormatter(logging.Formatter("%(message)s"))
+    shown.addFilter(lambda record: bool(getattr(record, "console", False)))
+    rest = logging.StreamHandler(sys.stderr)
+    rest.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    rest.addFilter(lambda record: not getattr(record, "console", False))
+    previous_level = logger.level
+    logger.setLevel(logging.INFO)
+    for h in (shown, rest):
+        logger.addHandler(h)
+    try:
+        yield
+    finally:
+        for h in (shown, rest):
+            logger.removeHandler(h)
+            h.flush()
+        logger.setLevel(previous_level)
 
 
 def add_cli(subparsers) -> argparse.ArgumentParser:

@@ -16,9 +16,9 @@ frame carry no checksum. A raw packet of the wrong size is flagged.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 

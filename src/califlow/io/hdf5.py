@@ -42,7 +42,7 @@ def _open_h5(path: Path) -> h5py.File:
 
 
 class _H5Stream(FrameStream):
-    def __init__(self, reader: "H5MovieReader", start: int):
+    def __init__(self, reader: H5MovieReader, start: int):
         self.reader = reader
         self.file = _open_h5(reader.path)
         self.ds = self.file[reader.dataset]

@@ -29,8 +29,8 @@ import logging
 import math
 import os
 import time
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Iterator, Mapping
 
 import numpy as np
 import zarr
@@ -40,10 +40,21 @@ from califlow.io.damage import DamagedFrame, damaged_grid_frames, frame_ranges
 from califlow.io.readers import open_movie
 from califlow.io.sources import MovieSource
 from califlow.io.start_time import recording_start
-from califlow.io.store import (MOVIE_CHUNKS, FrameWriter, atomic_output, create_image, create_movie,
-                               set_provenance, to_jsonable)
+from califlow.io.store import (
+    MOVIE_CHUNKS,
+    FrameWriter,
+    atomic_output,
+    create_image,
+    create_movie,
+    set_provenance,
+    to_jsonable,
+)
+from califlow.params import default_config
 from califlow.preprocess.downsample import downsample, downsampled_shape
 from califlow.preprocess.resample import TimeResampler
+
+#: The downsampling group's defaults (the schema is their only source).
+_DS = default_config()["downsampling"]
 
 __all__ = ["ingest", "ingest_source", "auto_chunk_frames"]
 
@@ -52,7 +63,7 @@ log = logging.getLogger(__name__)
 READ_BUDGET_BYTES = 64 * 2**20  # one raw chunk plus its float32 spatially downsampled copy
 
 
-def auto_chunk_frames(height: int, width: int, itemsize: int, temporal_ds: int, spatial_ds: int = 1,
+def auto_chunk_frames(height: int, width: int, itemsize: int, temporal_ds: int, spatial_ds: int,
                       budget_bytes: int = READ_BUDGET_BYTES) -> int:
     """Raw frames per read so a native chunk and its float32 downsampled copy fit ``budget_bytes``.
 
@@ -276,7 +287,8 @@ def _damaged_frames(source: MovieSource, label: str, policy: str) -> tuple[list[
     return damaged, grid
 
 
-def ingest_source(source: MovieSource, out_path, *, spatial_ds: int = 1, temporal_ds: int = 1,
+def ingest_source(source: MovieSource, out_path, *, spatial_ds: int = _DS["spatial_ds"],
+                  temporal_ds: int = _DS["temporal_ds"],
                   chunk_frames: int | None = None, default_fps: float | None = None,
                   params: Mapping | None = None, inputs=None, on_damaged_frames: str | None = None,
                   target_fps: float | None = None) -> dict:
@@ -366,8 +378,8 @@ def ingest_source(source: MovieSource, out_path, *, spatial_ds: int = 1, tempora
     return attrs
 
 
-def ingest(source_path: str | os.PathLike, out_path: str | os.PathLike, *, spatial_ds: int = 1,
-           temporal_ds: int = 1, file_extension: str = "avi", fps: float | None = None,
+def ingest(source_path: str | os.PathLike, out_path: str | os.PathLike, *, spatial_ds: int = _DS["spatial_ds"],
+           temporal_ds: int = _DS["temporal_ds"], file_extension: str = _DS["file_extension"], fps: float | None = None,
            chunk_frames: int | None = None, params: Mapping | None = None,
            default_fps: float | None = None, on_damaged_frames: str | None = None,
            target_fps: float | None = None) -> dict:

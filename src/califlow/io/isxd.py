@@ -21,10 +21,11 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -104,15 +105,18 @@ def read_footer(path: str | os.PathLike) -> tuple[dict, int]:
     return footer, size - 9 - n
 
 
-def _write_with_footer(path: Path, chunks: Sequence[bytes | np.ndarray], footer: dict) -> None:
+def _write_with_footer(path: str | os.PathLike, chunks: Sequence[bytes | np.ndarray], footer: dict) -> Path:
+    """Write ``chunks`` (arrays in C order, or bytes), the JSON ``footer`` and its trailer
+    (a NUL byte and the footer's size as uint64 little-endian) atomically to ``path``."""
+    path = Path(path)
     text = json.dumps(footer, indent=4).encode("utf-8")
-    with atomic_output(path) as tmp:
-        with open(tmp, "wb") as fh:
-            for c in chunks:
-                fh.write(c.tobytes() if isinstance(c, np.ndarray) else c)
-            fh.write(text)
-            fh.write(b"\0")
-            fh.write(len(text).to_bytes(8, "little"))
+    with atomic_output(path) as tmp, open(tmp, "wb") as fh:
+        for c in chunks:
+            fh.write(c.tobytes() if isinstance(c, np.ndarray) else c)
+        fh.write(text)
+        fh.write(b"\0")
+        fh.write(len(text).to_bytes(8, "little"))
+    return path
 
 
 # --------------------------------------------------------------------------- timing
@@ -162,7 +166,7 @@ class Timing:
                 "start": {"secsSinceEpoch": _time_rational(self.start_s), "utcOffset": 0}}
 
     @classmethod
-    def from_footer(cls, info: dict, path: Path) -> "Timing":
+    def from_footer(cls, info: dict, path: Path) -> Timing:
         try:
             cropped = []
             for c in info.get("cropped", []) or []:
@@ -204,7 +208,7 @@ def _expect_type(footer: dict, type_code: int, what: str, path: Path) -> None:
 
 # --------------------------------------------------------------------------- movies
 class _IsxdStream(FrameStream):
-    def __init__(self, reader: "IsxdMovieReader", start: int):
+    def __init__(self, reader: IsxdMovieReader, start: int):
         self.reader = reader
         self.pos = int(start)
         r = reader
@@ -315,7 +319,8 @@ def write_isxd_movie(path, movie: np.ndarray, *, period_s: float, start_s: float
     codes = {v.newbyteorder("="): k for k, v in MOVIE_DTYPES.items()}
     dt = np.dtype(movie.dtype).newbyteorder("=")
     if movie.ndim != 3 or dt not in codes:
-        raise ValueError(f"write_isxd_movie: need a (T, H, W) uint16/float32/uint8 array, got {movie.shape} {movie.dtype}")
+        raise ValueError("write_isxd_movie: need a (T, H, W) uint16/float32/uint8 array, "
+                         f"got {movie.shape} {movie.dtype}")
     t, h, w = movie.shape
     timing = Timing(num_samples=t, period_s=period_s, start_s=start_s, dropped=sorted(int(i) for i in dropped))
     keep = np.setdiff1d(np.arange(t), timing.invalid_indices())
@@ -329,9 +334,7 @@ def write_isxd_movie(path, movie: np.ndarray, *, period_s: float, start_s: float
     footer = {"dataType": codes[dt], "extraProperties": extra_properties, "fileVersion": 1,
               "hasFrameHeaderFooter": frame_header_footer is not None, "producer": PRODUCER,
               "spacingInfo": _spacing_footer((h, w), None), "timingInfo": timing.to_footer(), "type": 0}
-    path = Path(path)
-    _write_with_footer(path, [np.ascontiguousarray(stored)], footer)
-    return path
+    return _write_with_footer(path, [stored], footer)
 
 
 # --------------------------------------------------------------------------- cell sets
@@ -408,9 +411,7 @@ def write_cellset(path, cellset: CellSet) -> Path:
               "extraProperties": cellset.extra_properties or None, "fileVersion": 5, "isRoiSet": False,
               "producer": PRODUCER, "spacingInfo": _spacing_footer((h, w), cellset.spacing_info),
               "timingInfo": cellset.timing.to_footer(), "type": 1}
-    path = Path(path)
-    _write_with_footer(path, [np.ascontiguousarray(payload)], footer)
-    return path
+    return _write_with_footer(path, [payload], footer)
 
 
 # --------------------------------------------------------------------------- event sets
@@ -492,6 +493,4 @@ def write_eventset(path, eventset: EventSet) -> Path:
                               "fileVersion": 2, "global times": [start, end], "metrics": None,
                               "numSamples": counts, "producer": PRODUCER, "signalSteps": [step] * k,
                               "signalTypes": [0] * k, "startOffsets": firsts, "type": 5}
-    path = Path(path)
-    _write_with_footer(path, blocks, footer)
-    return path
+    return _write_with_footer(path, blocks, footer)

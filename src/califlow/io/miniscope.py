@@ -101,7 +101,8 @@ def _numbered(files: list[Path], pattern: re.Pattern, first: int, folder: Path) 
     if nums != expected:
         missing = sorted(set(range(first, max(nums) + 1)) - set(nums))
         raise InputError(f"{folder}: chunk files are not numbered {first}..{first + len(nums) - 1} "
-                         f"(missing {missing[:5]}{'...' if len(missing) > 5 else ''}, found {[p.name for p in files][:8]}); "
+                         f"(missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
+                         f"found {[p.name for p in files][:8]}); "
                          f"a missing chunk would shift every later frame in time")
 
 
@@ -172,7 +173,8 @@ def read_v3_timestamps(path: Path, n_frames_claimed: int | None) -> tuple[np.nda
     sub = df[df["camNum"] == cam]
     t = pd.to_numeric(sub["sysClock"], errors="coerce").to_numpy(np.float64)
     if np.isnan(t).any():
-        raise InputError(f"{path}: camNum {cam} has a non-numeric sysClock at frame {int(np.flatnonzero(np.isnan(t))[0])}")
+        first = int(np.flatnonzero(np.isnan(t))[0])
+        raise InputError(f"{path}: camNum {cam} has a non-numeric sysClock at frame {first}")
     if t.size >= 3:
         median = float(np.median(np.diff(t[1:])))
         t[0] = t[1] - median  # the first sysClock of a V3 recording is not a frame time
@@ -187,24 +189,38 @@ def _fps_from_metadata(meta: dict) -> float | None:
     return float(m.group(1)) if m else None
 
 
+def _numbered_chunks(folder: Path, pattern, first: int, missing: str) -> list[Path]:
+    """The video chunks of ``folder`` matching ``pattern``, checked to be numbered from
+    ``first`` without gaps; InputError ``missing`` when there are none."""
+    files = _chunks(folder, pattern)
+    if not files:
+        raise InputError(f"{folder}: {missing}")
+    _numbered(files, pattern, first, folder)
+    return files
+
+
+def _chunk_readers(folder: Path, files: list[Path], reader: str, **extra) -> tuple[list, dict]:
+    """A :class:`VideoReader` per chunk (container fps not trusted) and the source metadata
+    (``reader``, ``folder``, ``file_order``, the ``extra`` items, ``files``)."""
+    readers = [VideoReader(p, trust_container_fps=False) for p in files]
+    meta = {"reader": reader, "folder": str(folder), "file_order": [p.name for p in files], **extra,
+            "files": [r.describe() for r in readers]}
+    return readers, meta
+
+
 def open_miniscope_v4(folder, fps: float | None = None) -> MovieSource:
     """A Miniscope V4 device folder as a :class:`MovieSource` (timed by ``timeStamps.csv``)."""
     folder = Path(folder)
-    files = _chunks(folder, _V4_CHUNK)
-    if not files:
-        raise InputError(f"{folder}: no numbered .avi files (0.avi, 1.avi, ...)")
-    _numbered(files, _V4_CHUNK, 0, folder)
+    files = _numbered_chunks(folder, _V4_CHUNK, 0, "no numbered .avi files (0.avi, 1.avi, ...)")
     meta_json = _read_metadata(folder)
     kind = str(meta_json.get("deviceType", ""))
     if "behav" in kind.lower():
         log.warning("%s: metaData.json says deviceType %r (a behaviour camera), reading it anyway", folder, kind)
-    readers = [VideoReader(p, trust_container_fps=False) for p in files]
     per_file = meta_json.get("framesPerFile")
     expected = [int(per_file)] * (len(files) - 1) + [None] if per_file else None
-    meta = {"reader": "miniscope_v4", "folder": str(folder), "file_order": [p.name for p in files],
-            "device": {k: meta_json.get(k) for k in ("deviceName", "deviceType", "framesPerFile", "frameRate",
-                                                      "compression", "ROI") if k in meta_json},
-            "files": [r.describe() for r in readers]}
+    device = {k: meta_json.get(k) for k in ("deviceName", "deviceType", "framesPerFile", "frameRate",
+                                            "compression", "ROI") if k in meta_json}
+    readers, meta = _chunk_readers(folder, files, "miniscope_v4", device=device)
     ts_path = folder / V4_TIMESTAMPS
     if ts_path.is_file():
         times, daq = read_v4_timestamps(ts_path)
@@ -223,13 +239,8 @@ def open_miniscope_v4(folder, fps: float | None = None) -> MovieSource:
 def open_miniscope_v3(folder, fps: float | None = None) -> MovieSource:
     """A Miniscope V3 session folder (``msCam*.avi`` + ``timestamp.dat``) as a :class:`MovieSource`."""
     folder = Path(folder)
-    files = _chunks(folder, _V3_CHUNK)
-    if not files:
-        raise InputError(f"{folder}: no msCam*.avi files")
-    _numbered(files, _V3_CHUNK, 1, folder)
-    readers = [VideoReader(p, trust_container_fps=False) for p in files]
-    meta = {"reader": "miniscope_v3", "folder": str(folder), "file_order": [p.name for p in files],
-            "files": [r.describe() for r in readers]}
+    readers, meta = _chunk_readers(folder, _numbered_chunks(folder, _V3_CHUNK, 1, "no msCam*.avi files"),
+                                   "miniscope_v3")
     ts_path = folder / V3_TIMESTAMPS
     if ts_path.is_file():
         claimed = sum(r.n_claimed or 0 for r in readers)

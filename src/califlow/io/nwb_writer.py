@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -80,12 +80,12 @@ class NWBSession:
 def _start_time(session: NWBSession) -> dt.datetime:
     if session.start_time is not None:
         t = session.start_time
-        return t if t.tzinfo else t.replace(tzinfo=dt.timezone.utc)
+        return t if t.tzinfo else t.replace(tzinfo=dt.UTC)
     from califlow.io.start_time import recording_start
 
     found = recording_start({}, [Path(f) for f in session.source_files], session.session)
     stamp = found["start_time"] or "1970-01-01T00:00:00+00:00"
-    return dt.datetime.fromisoformat(stamp).astimezone(dt.timezone.utc)
+    return dt.datetime.fromisoformat(stamp).astimezone(dt.UTC)
 
 
 def write_session_nwb(path: str | Path, session: NWBSession, metadata: dict) -> Path:
@@ -102,14 +102,17 @@ def write_session_nwb(path: str | Path, session: NWBSession, metadata: dict) -> 
         Subject columns merged in (subject_id, species, sex, age, genotype).
     """
     from pynwb import NWBHDF5IO, NWBFile
-    from pynwb.file import Subject
     from pynwb.base import Images
+    from pynwb.file import Subject
     from pynwb.image import GrayscaleImage
     from pynwb.ophys import OnePhotonSeries, OpticalChannel
 
     from califlow import __version__
     from califlow.io.store import atomic_output
+    from califlow.params import default_config
 
+    # the schema's export defaults for what a partial mapping leaves out (empty sheet cells too)
+    metadata = {**default_config()["export"], **{k: v for k, v in metadata.items() if v not in (None, "")}}
     path = Path(path)
     K, H, W = session.footprints.shape
     nwb = NWBFile(
@@ -128,18 +131,18 @@ def write_session_nwb(path: str | Path, session: NWBSession, metadata: dict) -> 
         source_script_file_name="califlow",
     )
     nwb.subject = Subject(subject_id=metadata.get("subject_id") or session.animal,
-                          species=metadata.get("species", "Mus musculus"),
-                          sex=metadata.get("sex", "U"), age=metadata.get("age", "P0D/"),
+                          species=metadata["species"],
+                          sex=metadata["sex"], age=metadata["age"],
                           genotype=metadata.get("genotype") or None,
                           description=f"Animal {session.animal} of the califlow sessions sheet.")
-    device = nwb.create_device(name="Microscope", description=metadata.get("device", "one-photon microscope"))
+    device = nwb.create_device(name="Microscope", description=metadata["device"])
     channel = OpticalChannel(name="OpticalChannel", description="green emission",
-                             emission_lambda=float(metadata.get("emission_lambda", 525.0)))
+                             emission_lambda=float(metadata["emission_lambda"]))
     plane = nwb.create_imaging_plane(
         name="ImagingPlane", optical_channel=channel, imaging_rate=float(session.fps),
         description="Aligned (cross-session) field of view; footprints are in this frame.",
-        device=device, excitation_lambda=float(metadata.get("excitation_lambda", 470.0)),
-        indicator=metadata.get("indicator", "GCaMP"), location=metadata.get("location", "root"),
+        device=device, excitation_lambda=float(metadata["excitation_lambda"]),
+        indicator=metadata["indicator"], location=metadata["location"],
     )
     out_dir = path.parent.resolve()
     counts = list(session.frames_per_file)
@@ -160,9 +163,8 @@ def write_session_nwb(path: str | Path, session: NWBSession, metadata: dict) -> 
             imgs.add_image(GrayscaleImage(name=name, data=np.asarray(img, dtype=np.float32),
                                           description=f"{name} image of the session"))
         ophys.add(imgs)
-    with atomic_output(path) as tmp:
-        with NWBHDF5IO(str(tmp), "w") as io:
-            io.write(nwb)
+    with atomic_output(path) as tmp, NWBHDF5IO(str(tmp), "w") as io:
+        io.write(nwb)
     return path
 
 

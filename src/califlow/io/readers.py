@@ -15,11 +15,23 @@ from pathlib import Path
 from califlow.errors import InputError
 from califlow.io.hdf5 import open_inscopix_h5, open_nwb
 from califlow.io.isxd import read_isxd_movie
-from califlow.io.miniscope import (V3_TIMESTAMPS, V4_TIMESTAMPS, check_chunk_numbering, is_miniscope_v3,
-                                   is_miniscope_v4, miniscope_device_folder, open_miniscope_v3, open_miniscope_v4)
+from califlow.io.miniscope import (
+    V3_TIMESTAMPS,
+    V4_TIMESTAMPS,
+    check_chunk_numbering,
+    is_miniscope_v3,
+    is_miniscope_v4,
+    miniscope_device_folder,
+    open_miniscope_v3,
+    open_miniscope_v4,
+)
 from califlow.io.sources import FrameReader, MovieSource, natural_sorted
 from califlow.io.tiff import TiffReader
 from califlow.io.video import VideoReader
+from califlow.params import default_config
+
+#: The downsampling group's defaults (the schema is their only source).
+_DS = default_config()["downsampling"]
 
 __all__ = ["open_movie", "probe_recording", "VIDEO_EXTENSIONS", "TIFF_EXTENSIONS"]
 
@@ -114,7 +126,7 @@ def _open_folder(folder: Path, extension: str, fps: float | None) -> MovieSource
 _SINGLE_FILES = VIDEO_EXTENSIONS | TIFF_EXTENSIONS | {".isxd", ".nwb", ".h5", ".hdf5"}
 
 
-def probe_recording(path: str | os.PathLike, *, file_extension: str = "avi") -> None:
+def probe_recording(path: str | os.PathLike, *, file_extension: str = _DS["file_extension"]) -> None:
     """Cheap pre-flight check of a session's recording, without decoding anything.
 
     Run for every session before any job starts (the workflow does it while reading the
@@ -179,7 +191,8 @@ def _check_readable(files: list[Path]) -> None:
                          "(chmod u+r) or run as the files' owner")
 
 
-def open_movie(path: str | os.PathLike, *, file_extension: str = "avi", fps: float | None = None) -> MovieSource:
+def open_movie(path: str | os.PathLike, *, file_extension: str = _DS["file_extension"],
+               fps: float | None = None) -> MovieSource:
     """Open a recording as a streaming :class:`~califlow.io.sources.MovieSource`.
 
     Parameters

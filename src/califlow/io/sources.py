@@ -21,8 +21,8 @@ from __future__ import annotations
 import abc
 import logging
 import re
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -73,7 +73,7 @@ class FrameStream(abc.ABC):
         file and frame when the file is corrupt or truncated.
         """
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - a no-op unless the stream holds a file
         """Release the file."""
 
 

@@ -22,8 +22,8 @@ import json
 import logging
 import os
 import re
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 __all__ = ["recording_start", "parse_start"]
 
@@ -41,7 +41,7 @@ def _result(t: dt.datetime, source: str, guessed: bool = False) -> dict:
 def parse_start(value: str) -> dt.datetime:
     """The datetime of a ``start_time`` string; a time without zone is taken as UTC."""
     t = dt.datetime.fromisoformat(value)
-    return t if t.tzinfo else t.replace(tzinfo=dt.timezone.utc)
+    return t if t.tzinfo else t.replace(tzinfo=dt.UTC)
 
 
 def _from_miniscope_json(folder: Path) -> dict | None:
@@ -52,7 +52,7 @@ def _from_miniscope_json(folder: Path) -> dict | None:
             rst = None
         if not isinstance(rst, dict):
             continue
-        utc = (dt.datetime.fromtimestamp(float(rst["msecSinceEpoch"]) / 1000.0, tz=dt.timezone.utc)
+        utc = (dt.datetime.fromtimestamp(float(rst["msecSinceEpoch"]) / 1000.0, tz=dt.UTC)
                if rst.get("msecSinceEpoch") else None)
         try:
             local = dt.datetime(int(rst["year"]), int(rst["month"]), int(rst["day"]), int(rst["hour"]),
@@ -115,7 +115,7 @@ def _from_mtime(files: Iterable[Path], label: str) -> dict | None:
         return None
     log.warning("%s: nothing in the recording says when it started; session_start_time is a guess "
                 "from the files' modification time", label)
-    return _result(dt.datetime.fromtimestamp(min(stamps), tz=dt.timezone.utc),
+    return _result(dt.datetime.fromtimestamp(min(stamps), tz=dt.UTC),
                    "file modification time (a guess: the recording holds no start time)", guessed=True)
 
 
@@ -132,7 +132,7 @@ def recording_start(metadata: dict, files: list[Path], label: str) -> dict:
     reader = str(metadata.get("reader", ""))
     start_s = metadata.get("start_s")
     if reader == "isxd" and start_s:
-        t = dt.datetime.fromtimestamp(float(start_s), tz=dt.timezone.utc)
+        t = dt.datetime.fromtimestamp(float(start_s), tz=dt.UTC)
         return _result(t, f"{files[0]} timingInfo.start (isxd footer)")
     found = None
     if reader == "nwb":

@@ -17,13 +17,15 @@ import os
 import shutil
 import time
 import uuid
+from collections.abc import AsyncIterator, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 import numpy as np
 import zarr
 from zarr.codecs import BloscCodec
+from zarr.storage import LocalStore
 
 from califlow.errors import OutOfSpaceError, OutputPermissionError
 
@@ -38,6 +40,8 @@ __all__ = [
     "provenance",
     "set_provenance",
     "open_group",
+    "ResultsStore",
+    "SNAKEMAKE_TIMESTAMP",
     "to_jsonable",
 ]
 
@@ -80,10 +84,8 @@ def _drain_zarr_io(timeout_s: float = 5.0) -> None:
         if pending:
             await asyncio.wait(pending, timeout=timeout_s)
 
-    try:
+    with contextlib.suppress(Exception):  # best effort; the removal below runs regardless
         asyncio.run_coroutine_threadsafe(_others_done(), io_loop).result(timeout_s + 1.0)
-    except Exception:  # noqa: BLE001 - best effort; the removal below runs regardless
-        pass
 
 
 def _remove(path: Path, settle_s: float = 0.0) -> None:
@@ -219,12 +221,51 @@ def atomic_output(path: str | os.PathLike, needed_bytes: int | None = None) -> I
         os.replace(tmp, final)
 
 
+#: The file Snakemake writes into every ``directory()`` output, a store's root included, to
+#: carry the output's modification time (snakemake.io ``_IOFile.touch``). It cannot be
+#: avoided while stores are ``directory()`` outputs, and it is not part of the Zarr hierarchy.
+SNAKEMAKE_TIMESTAMP = ".snakemake_timestamp"
+
+
+class ResultsStore(LocalStore):
+    """A local Zarr store whose listings leave out Snakemake's ``.snakemake_timestamp``.
+
+    zarr lists a group's folder to find its members (``keys()``, ``members()``, ``len()``,
+    ``tree()``) and warns ``ZarrUserWarning: Object at .snakemake_timestamp is not
+    recognized as a component of a Zarr hierarchy`` for the foreign file; hidden from the
+    listings, it is neither warned about nor counted. Every other key is listed as usual.
+    """
+
+    @staticmethod
+    def _ours(key: str) -> bool:
+        return key.rsplit("/", 1)[-1] != SNAKEMAKE_TIMESTAMP
+
+    async def list(self) -> AsyncIterator[str]:
+        async for key in super().list():
+            if self._ours(key):
+                yield key
+
+    async def list_prefix(self, prefix: str) -> AsyncIterator[str]:
+        async for key in super().list_prefix(prefix):
+            if self._ours(key):
+                yield key
+
+    async def list_dir(self, prefix: str) -> AsyncIterator[str]:
+        async for key in super().list_dir(prefix):
+            if self._ours(key):
+                yield key
+
+
 def open_group(path: str | os.PathLike, mode: str = "r") -> zarr.Group:
-    """Open a Zarr group, with a clear error when it is missing."""
+    """Open a califlow Zarr group, with a clear error when it is missing.
+
+    The group is opened on a :class:`ResultsStore`, so the ``.snakemake_timestamp`` file
+    that Snakemake puts into every store made by a workflow rule is not taken for a member.
+    """
     p = Path(path)
     if mode == "r" and not (p / "zarr.json").exists():
         raise FileNotFoundError(f"{p} is not a califlow Zarr store (no zarr.json); was the step that makes it run?")
-    return zarr.open_group(str(p), mode=mode)
+    return zarr.open_group(store=ResultsStore(p, read_only=mode == "r"), mode=mode)
 
 
 def create_movie(group: zarr.Group, name: str, shape: tuple[int, int, int], dtype="float32",
@@ -308,7 +349,7 @@ class FrameWriter:
         """End the writer thread (a write in progress finishes first)."""
         self._pool.shutdown(wait=True)
 
-    def __enter__(self) -> "FrameWriter":
+    def __enter__(self) -> FrameWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:

@@ -46,7 +46,7 @@ def _to_gray(frames: np.ndarray, dtype: np.dtype) -> np.ndarray:
 
 
 class _TiffStream(FrameStream):
-    def __init__(self, reader: "TiffReader", start: int):
+    def __init__(self, reader: TiffReader, start: int):
         self.reader = reader
         self.pos = int(start)
         self.tif = None if reader.contiguous else tifffile.TiffFile(reader.path)
@@ -129,7 +129,8 @@ class TiffReader(FrameReader):
         self.contiguous = False
         self.dataoffset = None
         n = n_pages
-        if series is not None and series.dataoffset is not None and tuple(series.shape[-len(page_shape):]) == page_shape:
+        if (series is not None and series.dataoffset is not None
+                and tuple(series.shape[-len(page_shape):]) == page_shape):
             n_series = int(np.prod(series.shape[:-len(page_shape)])) if len(series.shape) > len(page_shape) else 1
             if n_series >= n_pages:  # ImageJ hyperstacks > 4 GB hold one IFD but many frames
                 self.contiguous = True

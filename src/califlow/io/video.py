@@ -86,7 +86,7 @@ def _open_capture(path: Path, convert_rgb: bool) -> cv2.VideoCapture:
 
 
 class _VideoStream(FrameStream):
-    def __init__(self, reader: "VideoReader", start: int):
+    def __init__(self, reader: VideoReader, start: int):
         self.reader = reader
         self.cap = _open_capture(reader.path, reader.mode == "bgr")
         self.index = int(start)

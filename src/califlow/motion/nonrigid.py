@@ -34,6 +34,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from califlow.motion.options import MotionOptions, motion_options
 from califlow.motion.rigid import ReferenceMaker, read_frames
 from califlow.motion.warp import translate_stack, warp_stack
 from califlow.preprocess.filters import gaussian_blur_stack
@@ -100,14 +101,6 @@ def _remap(img: np.ndarray, u: np.ndarray) -> np.ndarray:
     return cv2.remap(img, xx + u[1], yy + u[0], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
 
 
-def _resize_field(u: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    h, w = shape
-    fy = h / u.shape[1]
-    fx = w / u.shape[2]
-    return np.stack([cv2.resize(u[0], (w, h), interpolation=cv2.INTER_LINEAR) * fy,
-                     cv2.resize(u[1], (w, h), interpolation=cv2.INTER_LINEAR) * fx]).astype(np.float32)
-
-
 def dense_flow(templates: list[np.ndarray], movings: list[np.ndarray]) -> np.ndarray:
     """Coarse-to-fine dense Lucas-Kanade displacement with ``moving(p + u(p)) ~ template(p)``.
 
@@ -131,7 +124,9 @@ def dense_flow(templates: list[np.ndarray], movings: list[np.ndarray]) -> np.nda
         t = _normalise(templates[k])
         m = _normalise(movings[k])
         gy, gx = np.gradient(t)
-        blur = lambda a: gaussian_blur_stack(a.astype(np.float32), sigma)  # noqa: E731
+
+        def blur(a, sigma=sigma):
+            return gaussian_blur_stack(a.astype(np.float32), sigma)
         for _ in range(_ITERATIONS):  # Gauss-Newton iterations at this level
             err = _remap(m, u) - t
             # samples taken outside the image carry no information
@@ -218,10 +213,8 @@ def _channels(maker_bv: ReferenceMaker, maker_neuron: ReferenceMaker, pyramid, i
     return out
 
 
-def estimate_nonrigid_motion(movie, shifts: np.ndarray, box: tuple[int, int, int, int], *,
-                             pyramid=("BV", "BV", "neuron"), batch_size=(20, 60), bv_size=(1.5, 2.25),
-                             gsig: float = 2.5, template_frames: int = 300, chunk_frames: int = 200,
-                             progress=None) -> NonRigidMotion:
+def estimate_nonrigid_motion(movie, shifts: np.ndarray, box: tuple[int, int, int, int],
+                             options: MotionOptions | None = None, *, progress=None) -> NonRigidMotion:
     """Estimate a smooth displacement field per low-motion batch (see the module docstring).
 
     Parameters
@@ -232,15 +225,20 @@ def estimate_nonrigid_motion(movie, shifts: np.ndarray, box: tuple[int, int, int
         Rigid shifts from :func:`califlow.motion.rigid.estimate_rigid_motion`.
     box : (y0, y1, x0, x1)
         Rigid crop window (ingest frame).
-    pyramid : sequence of {'BV', 'neuron'}
-        Channel per level, coarse to fine.
-    batch_size : (int, int)
-        ``non_rigid_batch_size``.
+    options : MotionOptions, optional
+        From :func:`califlow.motion.options.motion_options` (the schema's defaults when not
+        given); uses ``pyramid`` (channel per level, coarse to fine), ``batch_size``,
+        ``bv_size``, ``gsig``, ``template_frames`` and ``chunk_frames``.
+    progress : califlow.progress.Progress, optional
+        Updated with the frames done.
 
     Returns
     -------
     NonRigidMotion
     """
+    o = options if options is not None else motion_options()
+    pyramid, batch_size, bv_size, gsig, chunk_frames = o.pyramid, o.batch_size, o.bv_size, o.gsig, o.chunk_frames
+    template_frames = o.template_frames
     T = int(movie.shape[0])
     y0, y1, x0, x1 = box
     h, w = y1 - y0, x1 - x0

@@ -34,12 +34,13 @@ import numpy as np
 import scipy.fft
 
 from califlow.errors import InputError
+from califlow.motion.options import MotionOptions, motion_options
 from califlow.motion.vessels import bv_scales, vesselness, vignetting_background
 from califlow.motion.warp import translate_stack
 from califlow.preprocess.filters import gaussian_blur_stack
 
-__all__ = ["ReferenceMaker", "TemplateMatcher", "RigidMotion", "estimate_rigid_motion",
-           "repair_outliers", "sample_indices", "read_frames"]
+__all__ = ["CAUCHY_SCALE_PER_MEAN_ABS_ERROR", "ReferenceMaker", "TemplateMatcher", "RigidMotion",
+           "estimate_rigid_motion", "repair_outliers", "sample_indices", "read_frames"]
 
 log = logging.getLogger("califlow")
 
@@ -115,6 +116,12 @@ def _taper(n: int, border: int) -> np.ndarray:
     return w
 
 
+#: Cauchy scale per unit mean absolute residual, ``c = CAUCHY_SCALE_PER_MEAN_ABS_ERROR * mean|e|``:
+#: 2.385 is the Cauchy tuning constant (c = 2.385 sigma gives 95 % efficiency under Gaussian
+#: noise) and 1.25 converts a mean absolute Gaussian residual to its sigma (sqrt(pi / 2)).
+CAUCHY_SCALE_PER_MEAN_ABS_ERROR = 2.385 * 1.25
+
+
 @numba.njit(cache=True, parallel=True, nogil=True, fastmath={"reassoc", "contract", "nsz", "arcp"})
 def _lk_sums(warped, template, gy, gx, rects, robust, out):
     """Per frame: normalised correlation with the template and the Gauss-Newton system.
@@ -122,7 +129,7 @@ def _lk_sums(warped, template, gy, gx, rects, robust, out):
     Over the rectangle ``rects[n] = (i0, i1, j0, j1)`` (the template's interior where the warped
     frame is defined): the frame is matched to the template in mean and energy,
     ``e = gain (W - mean W) - (T - mean T)``; with ``robust`` each pixel is weighted by the
-    Cauchy weight ``1 / (1 + e**2 / c**2)``, ``c = 2.385 * 1.25 mean|e|``.
+    Cauchy weight ``1 / (1 + e**2 / c**2)``, ``c = CAUCHY_SCALE_PER_MEAN_ABS_ERROR mean|e|``.
     ``out[n] = (ncc, b_y, b_x, h_yy, h_xx, h_xy, count)`` with ``b = sum w g e``, ``h = sum w g g'``.
     Branch-free loops over rows of the rectangle (reassociated float sums, so they vectorise).
     """
@@ -136,11 +143,7 @@ def _lk_sums(warped, template, gy, gx, rects, robust, out):
             out[t, 0] = np.nan
             out[t, 6] = cnt
             continue
-        sw = 0.0
-        st = 0.0
-        sww = 0.0
-        stt = 0.0
-        swt = 0.0
+        sw = st = sww = stt = swt = 0.0
         for i in range(i0, i1):
             wr = warped[t, i, j0:j1]
             tr = template[i, j0:j1]
@@ -181,13 +184,9 @@ def _lk_sums(warped, template, gy, gx, rects, robust, out):
                 for j in range(j1 - j0):
                     a += abs(gain * (wr[j] - fmw) - (tr[j] - fmt))
                 sae += a
-            c = 2.385 * 1.25 * sae / cnt
+            c = CAUCHY_SCALE_PER_MEAN_ABS_ERROR * sae / cnt
             inv_c2 = np.float32(1.0 / (c * c) if c > 0 else 1e24)
-        by = 0.0
-        bx = 0.0
-        hyy = 0.0
-        hxx = 0.0
-        hxy = 0.0
+        by = bx = hyy = hxx = hxy = 0.0
         for i in range(i0, i1):
             wr = warped[t, i, j0:j1]
             tr = template[i, j0:j1]
@@ -455,27 +454,19 @@ def _nonfinite_frames_error(name: str, movie, chunk_frames: int) -> InputError:
     return InputError(f"{name}: {len(bad)} frame(s) contain NaN or infinite values (0-based): {frame_ranges(bad)}")
 
 
-def estimate_rigid_motion(movie, *, reference: str = "BV", bv_size=(1.5, 2.25), gsig: float = 2.5,
-                          max_shift: float = 20.0, template_frames: int = 300,
-                          template_iterations: int = 2, min_quality_ratio: float = 0.5,
-                          chunk_frames: int = 200, progress=None, name: str = "movie",
+def estimate_rigid_motion(movie, options: MotionOptions | None = None, *, progress=None, name: str = "movie",
                           keep_sample: bool = False) -> RigidMotion:
     """Estimate per-frame rigid motion of a movie.
 
     Parameters
     ----------
     movie : array-like, shape (T, H, W)
-        NumPy or Zarr array of raw (downsampled) frames; read in chunks of ``chunk_frames``.
-    reference : {'BV', 'neuron'}
-        Reference image (``reference_projection_rigid``).
-    bv_size : (float, float)
-        Vessel scales, px. ``gsig``: neuron size, px.
-    max_shift : float
-        Largest shift searched, px.
-    template_frames, template_iterations : int
-        Frames sampled to build the template, and refinement passes.
-    min_quality_ratio : float
-        Outlier threshold relative to the median frame quality.
+        NumPy or Zarr array of raw (downsampled) frames; read in chunks of
+        ``options.chunk_frames``.
+    options : MotionOptions, optional
+        From :func:`califlow.motion.options.motion_options` (the schema's defaults when not
+        given): reference image, vessel and neuron sizes (px), largest shift (px), template
+        frames and passes, outlier threshold.
     progress : califlow.progress.Progress, optional
         Updated with the frames done.
     name : str
@@ -488,19 +479,22 @@ def estimate_rigid_motion(movie, *, reference: str = "BV", bv_size=(1.5, 2.25), 
     -------
     RigidMotion
     """
+    o = options if options is not None else motion_options()
+    reference, chunk_frames = o.reference, o.chunk_frames
+    max_shift, min_quality_ratio = o.max_shift, o.min_quality_ratio
     T, H, W = (int(v) for v in movie.shape)
     if T == 0:
         raise InputError(f"{name}: the movie has no frames")
-    idx = sample_indices(T, template_frames)
+    idx = sample_indices(T, o.template_frames)
     sample = read_frames(movie, idx)
     if not np.all(np.isfinite(sample)):
         raise _nonfinite_frames_error(name, movie, chunk_frames)
-    maker = ReferenceMaker(reference, sample, bv_size, gsig)
+    maker = ReferenceMaker(reference, sample, o.bv_size, o.gsig)
     refs = maker(sample)
     if not keep_sample:
         del sample
         sample = None
-    template = _build_template(refs, max_shift, template_iterations, min_quality_ratio)
+    template = _build_template(refs, max_shift, o.template_iterations, min_quality_ratio)
     del refs
     matcher = TemplateMatcher(template, max_shift)
     shifts = np.zeros((T, 2))

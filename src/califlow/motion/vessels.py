@@ -22,7 +22,6 @@ import cv2
 import numba
 import numpy as np
 
-
 __all__ = ["bv_scales", "vesselness", "vignetting_background", "remove_vignetting", "bv_image"]
 
 

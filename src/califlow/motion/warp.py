@@ -299,7 +299,20 @@ def _largest_rectangle(mask):
 
 
 def largest_valid_rectangle(mask: np.ndarray) -> tuple[int, int, int, int]:
-    """Largest axis-aligned all-True rectangle of a boolean mask, ``(y0, y1, x0, x1)`` half-open."""
+    """Largest axis-aligned all-True rectangle of a boolean mask.
+
+    Histogram-stack scan, O(H W). Also used by :mod:`califlow.align.fov` (as
+    ``largest_rectangle``) for the common field of view of aligned sessions.
+
+    Parameters
+    ----------
+    mask : bool ndarray, shape (H, W)
+
+    Returns
+    -------
+    tuple of int
+        ``(y0, y1, x0, x1)`` in pixels, end-exclusive; ``(0, 0, 0, 0)`` when no pixel is True.
+    """
     m = np.ascontiguousarray(mask, dtype=np.bool_)
     if m.ndim != 2:
         raise ValueError("mask must be 2-D")

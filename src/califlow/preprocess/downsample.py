@@ -127,7 +127,7 @@ def downsample_temporal(frames: np.ndarray, temporal_ds: int, *, valid: np.ndarr
     return out.astype(np.float32, copy=False), ts
 
 
-def downsample(frames: np.ndarray, spatial_ds: int = 1, temporal_ds: int = 1, *,
+def downsample(frames: np.ndarray, spatial_ds: int, temporal_ds: int, *,
                valid: np.ndarray | None = None,
                timestamps: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
     """Spatial block mean, then temporal block mean, of one chunk (see the module notes).

@@ -22,8 +22,8 @@ import cv2
 import numba
 import numpy as np
 
-from califlow.sizes import enhance_disk_radius, speck_sigma
 from califlow.preprocess.filters import filter_stack, gaussian_kernel_size, opening_stack
+from califlow.sizes import enhance_disk_radius, speck_sigma
 
 __all__ = ["fill_dark_specks", "anisotropic_diffusion", "remove_background", "neuron_enhance"]
 

@@ -11,7 +11,7 @@ MIN1PIPE's padding give.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import cv2
 import numba
@@ -75,6 +75,12 @@ def disk(radius: int) -> np.ndarray:
     return (yy ** 2 + xx ** 2 <= r * r + 1e-9).astype(np.uint8)
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _extremum(a, b, use_max):
+    """``max(a, b)`` for dilation (``use_max``), ``min(a, b)`` for erosion."""
+    return max(a, b) if use_max else min(a, b)
+
+
 @numba.njit(cache=True, nogil=True)
 def _row_extrema(img, max_width, use_max, out):
     # out[w, y, x] = min (max) of img[y, x - w : x + w + 1] clipped to the row, w = 0..max_width:
@@ -92,24 +98,14 @@ def _row_extrema(img, max_width, use_max, out):
             if wd == 1:
                 d[0] = s[0]
                 continue
-            if use_max:
-                d[0] = max(s[0], s[1])
-                d[wd - 1] = max(s[wd - 2], s[wd - 1])
-                if k == 1:
-                    for x in range(1, wd - 1):
-                        d[x] = max(max(s[x - 1], s[x]), s[x + 1])
-                else:
-                    for x in range(1, wd - 1):
-                        d[x] = max(s[x - 1], s[x + 1])
+            d[0] = _extremum(s[0], s[1], use_max)
+            d[wd - 1] = _extremum(s[wd - 2], s[wd - 1], use_max)
+            if k == 1:
+                for x in range(1, wd - 1):
+                    d[x] = _extremum(_extremum(s[x - 1], s[x], use_max), s[x + 1], use_max)
             else:
-                d[0] = min(s[0], s[1])
-                d[wd - 1] = min(s[wd - 2], s[wd - 1])
-                if k == 1:
-                    for x in range(1, wd - 1):
-                        d[x] = min(min(s[x - 1], s[x]), s[x + 1])
-                else:
-                    for x in range(1, wd - 1):
-                        d[x] = min(s[x - 1], s[x + 1])
+                for x in range(1, wd - 1):
+                    d[x] = _extremum(s[x - 1], s[x + 1], use_max)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -127,12 +123,8 @@ def _disk_pass(img, half_widths, use_max, rows, out):
         for dy in range(-r + 1, r + 1):
             yy = min(max(y + dy, 0), h - 1)
             src = rows[half_widths[dy + r], yy]
-            if use_max:
-                for x in range(wd):
-                    out[y, x] = max(out[y, x], src[x])
-            else:
-                for x in range(wd):
-                    out[y, x] = min(out[y, x], src[x])
+            for x in range(wd):
+                out[y, x] = _extremum(out[y, x], src[x], use_max)
 
 
 @numba.njit(cache=True, parallel=True, nogil=True)

@@ -27,6 +27,11 @@ import cv2
 import numba
 import numpy as np
 
+from califlow.params import default_config
+
+#: The spike_extraction group's defaults (the schema is their only source).
+_SE = default_config()["spike_extraction"]
+
 __all__ = ["welch_band_psd", "get_sn", "NoiseAccumulator", "smooth_noise_map"]
 
 def _welch_plan(n_frames: int, noise_range) -> tuple[int, int, np.ndarray, np.ndarray, np.ndarray]:
@@ -87,7 +92,7 @@ def _band_power(x, cos, sin, hop, n_seg, out):
     return out
 
 
-def welch_band_psd(block: np.ndarray, noise_range=(0.25, 0.5)) -> np.ndarray:
+def welch_band_psd(block: np.ndarray, noise_range=tuple(_SE["noise_range"])) -> np.ndarray:
     """Welch PSD of every pixel, only at the DFT frequencies inside ``noise_range``.
 
     Parameters
@@ -126,7 +131,7 @@ def _sn_from_psd(psd: np.ndarray, method: str) -> np.ndarray:
     return sn.astype(np.float32)
 
 
-def get_sn(block: np.ndarray, noise_range=(0.25, 0.5), method: str = "logmexp") -> np.ndarray:
+def get_sn(block: np.ndarray, noise_range=tuple(_SE["noise_range"]), method: str = _SE["noise_method"]) -> np.ndarray:
     """Noise standard deviation of every pixel of a block, shape ``block.shape[1:]``, float32."""
     return _sn_from_psd(welch_band_psd(block, noise_range), method)
 
@@ -139,7 +144,7 @@ class NoiseAccumulator:
     for long sessions is formed.
     """
 
-    def __init__(self, noise_range=(0.25, 0.5), method: str = "logmexp"):
+    def __init__(self, noise_range=tuple(_SE["noise_range"]), method: str = _SE["noise_method"]):
         self.noise_range = tuple(float(v) for v in noise_range)
         self.method = method
         self._sum: np.ndarray | None = None

@@ -11,7 +11,7 @@ Memory is one input block plus one frame, whatever the session length.
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 

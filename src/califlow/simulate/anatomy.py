@@ -135,7 +135,8 @@ def footprint_patches(n: int, *, diameter: float, size_jitter: float, source: st
         a = np.rot90(real[pick[i]], rot[i])
         a = a[:, ::-1] if flip[i] else a
         f = diam[i] / bank_diam[pick[i]]
-        a = cv2.resize(np.ascontiguousarray(a), None, fx=f, fy=f, interpolation=cv2.INTER_CUBIC if f > 1 else cv2.INTER_AREA)
+        a = cv2.resize(np.ascontiguousarray(a), None, fx=f, fy=f,
+                       interpolation=cv2.INTER_CUBIC if f > 1 else cv2.INTER_AREA)
         a = a.clip(0, None)
         a[a < 0.02 * a.max()] = 0
         cy, cx = ndimage.center_of_mass(a)

@@ -19,8 +19,8 @@ returns identical frames.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import cv2
 import numba
@@ -253,7 +253,8 @@ def _forward_map(points_y: np.ndarray, points_x: np.ndarray, translation: np.nda
     return qy.astype(np.float32), qx.astype(np.float32)
 
 
-def _background_course(source: np.ndarray | None, n: int, fps: float, tau: float, rng: np.random.Generator) -> np.ndarray:
+def _background_course(source: np.ndarray | None, n: int, fps: float, tau: float,
+                       rng: np.random.Generator) -> np.ndarray:
     """Unit-std zero-mean slow course (n,): a real recorded course resampled, else a smoothed AR(1)."""
     if source is not None:
         src = (source - source.mean()) / max(float(source.std()), 1e-12)
@@ -427,7 +428,8 @@ def simulate_animal(config: SimulationConfig, seed: int = 0) -> SimulatedAnimal:
     vessels_fov = vessels_ref[pad:pad + h, pad:pad + w].copy()
     gt = GroundTruth(
         shape=(h, w), fps=float(c.fps), seed=int(seed), config=c.to_dict(), footprint_source=source_used,
-        centers_ref=centers_ref, footprints_ref_sparse=ref_csr, footprints_sparse=sp.csr_matrix((n_s * k, h * w), dtype=np.float32),
+        centers_ref=centers_ref, footprints_ref_sparse=ref_csr,
+        footprints_sparse=sp.csr_matrix((n_s * k, h * w), dtype=np.float32),
         C=calcium, S=spikes, tau_rise=tau_r, tau_decay=tau_d, active=active, session_bounds=bounds,
         motion_concat=motion, translations=translations, maps=maps, vessels=vessels_fov,
         vessels_session=np.zeros((n_s, h, w), np.float32), baseline_session=np.zeros((n_s, h, w), np.float32),

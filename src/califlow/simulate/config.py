@@ -91,11 +91,11 @@ class SimulationConfig:
     frames_per_file: int = 1000       #: frames per AVI chunk file (Miniscope V4: 1000)
     chunk_frames: int = 100           #: frames rendered per internal block when writing
 
-    def replace(self, **overrides: Any) -> "SimulationConfig":
+    def replace(self, **overrides: Any) -> SimulationConfig:
         """Return a copy with ``overrides`` applied and validated."""
         return _validated(dataclasses.replace(self, **_coerce(overrides)))
 
-    def as_uint16(self, scale: float = 10.0, offset: float = 100.0) -> "SimulationConfig":
+    def as_uint16(self, scale: float = 10.0, offset: float = 100.0) -> SimulationConfig:
         """16-bit (Inscopix-like) copy: intensities and noise scaled by ``scale``, same SNR.
 
         ``baseline``, ``amplitude``, ``local_amp``, ``read_noise`` and ``gain`` are multiplied by
@@ -106,7 +106,7 @@ class SimulationConfig:
                             read_noise=self.read_noise * scale, gain=self.gain * scale)
 
     def with_neuron_diameter(self, diameter: float, *, max_side: int = 512, min_neurons: int = 40,
-                             keep_fov: bool = False) -> "SimulationConfig":
+                             keep_fov: bool = False) -> SimulationConfig:
         """The same preparation with neurons of ``diameter`` px (half-maximum diameter).
 
         As if the tissue were imaged at another magnification: lengths tied to the neuron
@@ -127,7 +127,7 @@ class SimulationConfig:
                             min_spacing=self.min_spacing * f, edge_margin=max(3.0, self.edge_margin * f),
                             halo_sigma=self.halo_sigma * max(1.0, f), local_sigma=self.local_sigma * max(1.0, f))
 
-    def with_density(self, spacing: float, fill: float) -> "SimulationConfig":
+    def with_density(self, spacing: float, fill: float) -> SimulationConfig:
         """Neurons at least ``spacing`` diameters apart whose half-maximum disks cover ``fill`` of the field.
 
         The default preset covers about 0.05; 0.015 is sparse, and ``spacing`` < 1 with
@@ -144,7 +144,7 @@ class SimulationConfig:
         return out
 
     @classmethod
-    def from_dict(cls, d: dict) -> "SimulationConfig":
+    def from_dict(cls, d: dict) -> SimulationConfig:
         """Inverse of :meth:`to_dict`; unknown keys raise :class:`ConfigError`."""
         return _validated(cls(**_coerce(dict(d))))
 

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 import numpy as np
 
@@ -80,7 +80,7 @@ def _sessions_to_aligned(animal, work: Path, config: Mapping, timings: dict, ing
     timings["sessions_s"] = time.perf_counter() - t
     t = time.perf_counter()
     projections = [read_projections(d / "projections.zarr") for d in outs]
-    al = align_sessions(projections, names, **align_options(config))
+    al = align_sessions(projections, names, align_options(config))
     save_alignment(al, work / "alignment.zarr", config=dict(config))
     aligned = work / "aligned.zarr"
     concatenate([d / "enhanced.zarr" for d in outs], al, aligned, names=names,

@@ -26,7 +26,8 @@ import numpy as np
 from califlow.errors import ConfigError
 from califlow.io.store import atomic_output
 from califlow.simulate.animal import SimulatedAnimal, simulate_animal
-from califlow.simulate.config import SimulationConfig, preset as get_preset
+from califlow.simulate.config import SimulationConfig
+from califlow.simulate.config import preset as get_preset
 from califlow.simulate.groundtruth import save_ground_truth
 
 __all__ = ["write_animal", "write_cohort", "animal_seed", "session_name", "animal_name"]
@@ -57,7 +58,7 @@ def _frames_uint(frames: np.ndarray, dtype: np.dtype) -> np.ndarray:
 
 
 #: start of the first simulated session (UTC); session s starts s days later.
-SIMULATED_START = dt.datetime(2026, 1, 5, 10, 0, 0, tzinfo=dt.timezone.utc)
+SIMULATED_START = dt.datetime(2026, 1, 5, 10, 0, 0, tzinfo=dt.UTC)
 
 
 def _start_fields(t: dt.datetime) -> dict:
@@ -183,9 +184,8 @@ def write_cohort(out_dir: str | os.PathLike, preset: str | SimulationConfig = "d
         save_ground_truth(animal.ground_truth, adir / "ground_truth.zarr")
         rows += [(animal_name(a), session_name(s), str(p), f"{config.fps:g}") for s, p in enumerate(paths)]
     sheet = out_dir / "sessions.tsv"
-    with atomic_output(sheet) as tmp:
-        with open(tmp, "w", newline="") as fh:
-            wr = csv.writer(fh, delimiter="\t", lineterminator="\n")
-            wr.writerow(["animal", "session", "path", "fps"])
-            wr.writerows(rows)
+    with atomic_output(sheet) as tmp, open(tmp, "w", newline="") as fh:
+        wr = csv.writer(fh, delimiter="\t", lineterminator="\n")
+        wr.writerow(["animal", "session", "path", "fps"])
+        wr.writerows(rows)
     return sheet
