@@ -99,9 +99,10 @@ def main() -> None:
         if sel.size == 0:
             continue
         P, Cn = _at(pnr, true_yx[sel]), _at(cn, true_yx[sel])
-        passes = (P >= opts["min_pnr"]) & (Cn >= opts["min_corr"])
+        passes = (opts["min_pnr"] <= P) & (Cn >= opts["min_corr"])
         print(f"  {name:7s} n={sel.size:4d}  peak C {np.median(gt.C[sel].max(axis=1)):6.1f}  "
-              f"spikes {np.median(n_spikes[sel]):5.1f}  nearest true {np.median(_nearest(true_yx[sel], true_yx, True)):4.1f} px  "
+              f"spikes {np.median(n_spikes[sel]):5.1f}  "
+              f"nearest true {np.median(_nearest(true_yx[sel], true_yx, True)):4.1f} px  "
               f"nearest estimate {np.median(_nearest(true_yx[sel], est_yx, False)):4.1f} px  "
               f"PNR {np.median(P):5.1f}  Cn {np.median(Cn):4.2f}  pass both thresholds {passes.sum()}/{sel.size}")
 

@@ -18,8 +18,14 @@ from califlow.cnmfe.background import RingOperator, fit_batch_background, ring_r
 from califlow.cnmfe.data import Decimation, Source
 from califlow.cnmfe.merge import merge_components, remove_false_positives
 from califlow.cnmfe.model import Model, normalize_footprints
-from califlow.cnmfe.spatial import (batch_target, clean_footprints, dilate_columns, hals_footprints,
-                                    search_support, threshold_traces)
+from califlow.cnmfe.spatial import (
+    batch_target,
+    clean_footprints,
+    dilate_columns,
+    hals_footprints,
+    search_support,
+    threshold_traces,
+)
 from califlow.cnmfe.temporal import denoise_traces, hals_traces
 
 __all__ = ["Fitter"]
@@ -91,8 +97,8 @@ class Fitter:
                 C_b = threshold_traces(C_b, model.sn[:, b])
             M_b = self.source.correlate(b, C_b, pattern)
             V_b = (C_b.astype(np.float64) @ C_b.T.astype(np.float64)).astype(np.float32)
-            Q_b = batch_target(M_b, self.baseline(model, b), C_b.sum(axis=1), model.A, V_b, self.ring_operator(model, b),
-                               sp.csr_matrix(support))
+            Q_b = batch_target(M_b, self.baseline(model, b), C_b.sum(axis=1), model.A, V_b,
+                               self.ring_operator(model, b), sp.csr_matrix(support))
             out.append((Q_b, V_b))
         return out
 

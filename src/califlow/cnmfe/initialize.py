@@ -7,7 +7,7 @@ brightest first.  Around a seed (box of half-width 6 gSig):
 1. skip the seed when its trace never exceeds 3 robust noise levels;
 2. correlate every box pixel with the seed pixel, clip negative correlations, keep
    pixels above 20 % of the range, take the connected blob holding the seed and dilate it
-   by a disk of radius 3;
+   by a disk of radius ``1.2 gSig`` (CaliAli's 3 px at its gSig 2.5, :func:`blob_dilation`);
    (the blob needs at least 5 pixels: a lone correlated pixel is noise);
 3. the trace is the mean of the blob, which must reach ``min_pnr`` (peak of its 10-frame
    running median over the noise of its frame differences, the measure of the seeding
@@ -32,25 +32,44 @@ from scipy import ndimage
 
 from califlow.cnmfe.data import InMemorySource
 from califlow.cnmfe.model import Model, empty_model, normalize_footprints
+from califlow.cnmfe.seeds import disk_footprint
 from califlow.cnmfe.temporal import ar_order, denoise_trace
 
-__all__ = ["initialize", "init_seed", "peeled_pnr"]
+__all__ = ["initialize", "init_seed", "init_seed_reason", "blob_dilation", "peeled_pnr", "REJECT_REASONS"]
 
 #: Fraction of the correlation range a pixel needs to join the seed's blob.
 BLOB_THRESHOLD = 0.2
-#: Radius of the disk that dilates the blob (px).
+#: Radius of the disk that dilates the blob (px) at CaliAli's gSig 2.5 (its ``strel('disk', 3)``), and
+#: per px of gSig (:func:`blob_dilation`): the blob holds the pixels most correlated with the seed and the
+#: dilation adds the footprint's flank, whose width follows the neuron size.
 BLOB_DILATION = 3
+BLOB_DILATION_PER_GSIG = BLOB_DILATION / 2.5
 #: Fewest correlated pixels around a seed, and fewest positive footprint pixels, to accept it.
 MIN_INIT_PIXELS = 5
 #: Frames used for the per-pixel temporal median.
 MEDIAN_FRAMES = 250
+#: Why :func:`init_seed_reason` rejects a seed, in the order of its tests.
+REJECT_REASONS = ("weak seed trace", "no correlation", "small blob", "peeled pnr", "few footprint pixels",
+                  "silent trace")
 #: Running-median length (frames) of the peak in the peeled peak-to-noise test (as the PNR image).
 PNR_FRAMES = 10
 
 
-def _disk(r: int) -> np.ndarray:
-    yy, xx = np.mgrid[-r:r + 1, -r:r + 1]
-    return yy ** 2 + xx ** 2 <= r * r
+def blob_dilation(gsig: float) -> float:
+    """Radius (px, real-valued) of the disk that dilates a seed's blob: ``1.2 gSig`` (3 px at gSig 2.5).
+
+    The disk holds the integer offsets within that radius (:func:`califlow.cnmfe.seeds.disk_footprint`),
+    so it grows a few pixels at a time as gSig grows, with no jump at a rounding boundary.
+
+    A fixed 3 px (CaliAli) is a flank of about one gSig for the 7-8 px neurons it was set for;
+    on 5-px neurons (gSig 1.5) it doubles the blob's radius and reaches into the neighbours of
+    a dense field: the blob's mean trace then averages the neuron with noise and with its
+    neighbours' pixels (a dim neuron fails the peeled PNR test, a bright one peels its dim
+    neighbours off with its own footprint).
+    """
+    return max(1.0, BLOB_DILATION_PER_GSIG * float(gsig))
+
+
 
 
 @numba.njit(cache=True, nogil=True)
@@ -169,11 +188,12 @@ def _box_moments(HY: np.ndarray, pix: np.ndarray, hc: np.ndarray):  # pragma: no
 
 
 def init_seed(HY: np.ndarray, shape: tuple[int, int], y: int, x: int, radius: int, deconv_flag: bool, options,
-              min_pnr: float = 0.0):
+              min_pnr: float = 0.0, dilation: float = BLOB_DILATION):
     """Footprint and trace of the seed (y, x) from the centred pixel-major frames HY (P, T).
 
     ``min_pnr`` is the peak-to-noise ratio (:func:`peeled_pnr`) the blob's mean trace must
-    reach in ``HY`` (0: CaliAli's tests only).
+    reach in ``HY`` (0: CaliAli's tests only); ``dilation`` the radius (px) of the disk that dilates
+    the blob of correlated pixels (:func:`blob_dilation` of gSig).
 
     Returns
     -------
@@ -181,12 +201,21 @@ def init_seed(HY: np.ndarray, shape: tuple[int, int], y: int, x: int, radius: in
     the footprint's pixels, their footprint values (peak 1), the raw trace (baseline
     removed, (T,)) and its :class:`~califlow.cnmfe.temporal.TraceFit`.
     """
+    return init_seed_reason(HY, shape, y, x, radius, deconv_flag, options, min_pnr, dilation)[0]
+
+
+def init_seed_reason(HY: np.ndarray, shape: tuple[int, int], y: int, x: int, radius: int, deconv_flag: bool,
+                     options, min_pnr: float = 0.0, dilation: float = BLOB_DILATION):
+    """:func:`init_seed` with the reason of a rejection: ``(result, reason)``.
+
+    ``reason`` is None when the seed is accepted, else one of :data:`REJECT_REASONS`.
+    """
     h, w = shape
     T = HY.shape[1]
     hy = HY[y * w + x]
     spread = 1.4826 * float(np.median(np.abs(hy - np.median(hy))))
     if spread <= 0 or hy.max() < 3 * spread:
-        return None
+        return None, "weak seed trace"
     y0, y1 = max(0, y - radius), min(h, y + radius + 1)
     x0, x1 = max(0, x - radius), min(w, x + radius + 1)
     bh, bw = y1 - y0, x1 - x0
@@ -199,34 +228,34 @@ def init_seed(HY: np.ndarray, shape: tuple[int, int], y: int, x: int, radius: in
     corr = np.maximum(corr, 0).reshape(bh, bw)
     lo, hi = corr.min(), corr.max()
     if hi <= lo:
-        return None
+        return None, "no correlation"
     mask = (corr - lo) / (hi - lo) > BLOB_THRESHOLD
     labels, _ = ndimage.label(mask, structure=np.ones((3, 3), bool))
     lab = labels[y - y0, x - x0]
     if lab == 0 or np.count_nonzero(labels == lab) < MIN_INIT_PIXELS:
-        return None  # no group of correlated pixels: noise, not a neuron
-    blob = ndimage.binary_dilation(labels == lab, structure=_disk(BLOB_DILATION)).ravel()
+        return None, "small blob"  # no group of correlated pixels: noise, not a neuron
+    blob = ndimage.binary_dilation(labels == lab, structure=disk_footprint(dilation)).ravel()
     n_in, n_out = int(blob.sum()), int((~blob).sum())
     inside = HY[pix[blob]]
     in_sum = inside.sum(axis=0)
     c = in_sum / n_in
     if min_pnr > 0 and peeled_pnr(c) < min_pnr:
-        return None  # nothing left but noise once the brighter neighbours are peeled off
+        return None, "peeled pnr"  # nothing left but noise once the brighter neighbours are peeled off
     bg = ((box_sum - in_sum) / n_out).astype(np.float32) if n_out else np.zeros(T, np.float32)
     X = np.stack([np.ones(T, np.float32), bg, c], axis=1).astype(np.float32)
     gram = (X.T @ X).astype(np.float64) + 1e-9 * np.eye(3)
     coef = np.linalg.solve(gram, (inside @ X).T.astype(np.float64))  # (3, n_in)
     a = np.maximum(coef[2], 0).astype(np.float32)
     if np.count_nonzero(a) < MIN_INIT_PIXELS:
-        return None
+        return None, "few footprint pixels"
     peak = float(a.max())
     a /= peak
     c = (c * peak).astype(np.float32)
     fit = denoise_trace(c, deconv_flag, options)
     if not np.any(fit.c > 0):
-        return None
+        return None, "silent trace"
     nz = a > 0
-    return pix[blob][nz], a[nz], (c - fit.b).astype(np.float32), fit
+    return (pix[blob][nz], a[nz], (c - fit.b).astype(np.float32), fit), None
 
 
 def initialize(source: InMemorySource, seeds: np.ndarray, ids: np.ndarray, opts) -> Model:
@@ -253,21 +282,19 @@ def initialize(source: InMemorySource, seeds: np.ndarray, ids: np.ndarray, opts)
     n, nb = len(seeds), len(batches)
     if n == 0:
         return model
-    T = model.C.shape[1]
-    P = h * w
-    C = np.zeros((n, T), np.float32)
-    C_raw = np.zeros((n, T), np.float32)
-    S = np.zeros((n, T), np.float32)
+    T, P = model.C.shape[1], h * w
+    C, C_raw, S = (np.zeros((n, T), np.float32) for _ in range(3))
     sn = np.zeros((n, nb), np.float32)
     g = np.full((n, nb, ar_order(opts.deconv_options)), np.nan)
     parts_pix, parts_seed, parts_val = [], [], []
     found = np.zeros((n, nb), bool)
+    dilation = blob_dilation(opts.gSig)
     for b in range(nb):
         HY = centred_pixels(source.frames(b))
         cols = model.frames(b)
         for i, (y, x) in enumerate(seeds):
             res = init_seed(HY, (h, w), int(y), int(x), opts.box_radius, opts.deconv_flag, opts.deconv_options,
-                            min_pnr=opts.min_pnr)
+                            min_pnr=opts.min_pnr, dilation=dilation)
             if res is None:
                 continue
             pix, a, c_raw, fit = res
@@ -283,11 +310,15 @@ def initialize(source: InMemorySource, seeds: np.ndarray, ids: np.ndarray, opts)
     keep = np.flatnonzero(found.any(axis=1))
     if not keep.size:
         return model
-    n_found = found.sum(axis=1).astype(np.float32)
-    seed_of = np.concatenate(parts_seed)
-    acc = sp.csc_matrix((np.concatenate(parts_val) / n_found[seed_of], (np.concatenate(parts_pix), seed_of)),
-                        shape=(P, n))  # duplicate entries (one per batch) are summed
-    A = sp.csc_matrix(acc[:, keep])
-    A, _ = normalize_footprints(A)
+    A = _mean_footprints(parts_pix, parts_seed, parts_val, found.sum(axis=1), P)
+    A, _ = normalize_footprints(sp.csc_matrix(A[:, keep]))
     return Model((h, w), list(batches), A, C[keep], C_raw[keep], S[keep], np.asarray(ids)[keep].astype(np.int64),
                  sn[keep], g[keep])
+
+
+def _mean_footprints(pix: list, seed: list, val: list, n_found: np.ndarray, P: int) -> sp.csc_matrix:
+    """(P, N) csc: each seed's footprint averaged over the batches that found it."""
+    seed_of = np.concatenate(seed)
+    weight = np.concatenate(val) / n_found.astype(np.float32)[seed_of]
+    return sp.csc_matrix((weight, (np.concatenate(pix), seed_of)),
+                         shape=(P, n_found.size))  # duplicate entries (one per batch) are summed

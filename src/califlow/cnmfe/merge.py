@@ -122,50 +122,58 @@ def merge_components(model: Model, opts, deconvolve=None) -> int:
         K = model.K
         graph = sp.coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(K, K))
         n_comp, labels = connected_components(graph, directed=False)
+        groups = [m for m in (np.flatnonzero(labels == lab) for lab in range(n_comp)) if m.size >= 2]
+        if not groups:
+            break
         A = sp.csc_matrix(model.A)
         keep = np.ones(K, bool)
         new_cols = {}
-        changed = []
-        for lab in range(n_comp):
-            members = np.flatnonzero(labels == lab)
-            if members.size < 2:
-                continue
-            # the strongest member keeps its identity
-            strength = np.asarray(A[:, members].max(axis=0).toarray()).ravel() * model.C[members].max(axis=1)
-            lead = members[int(np.argmax(strength))]
-            A_g = A[:, members]
-            rows = np.unique(A_g.indices)
-            a, c_raw = _rank1(A_g[rows], model.C_raw[members])
-            proj = (A_g[rows].toarray().T @ a) / max(a @ a, 1e-12)  # weight of each member in the merged trace
-            c = proj @ model.C[members]
-            s = proj @ model.S[members]
-            col = np.zeros(A.shape[0], np.float32)
-            col[rows] = a
-            new_cols[lead] = col
-            model.C_raw[lead] = c_raw
-            model.C[lead] = np.maximum(c, 0)
-            model.S[lead] = np.maximum(s, 0)
+        for members in groups:
+            lead, new_cols[lead] = _merge_group(model, A, members)
             keep[members[members != lead]] = False
-            changed.append(lead)
-        if not changed:
-            break
-        A = sp.lil_matrix(A)
-        for k, col in new_cols.items():
-            A[:, k] = col[:, None]
-        model.A = sp.csc_matrix(A)
-        idx = np.flatnonzero(keep)
-        remap = -np.ones(K, np.int64)
-        remap[idx] = np.arange(idx.size)
-        model.keep(idx)
-        A_n, peak = normalize_footprints(model.A)
-        model.A = A_n
-        model.C *= peak[:, None]
-        model.C_raw *= peak[:, None]
-        model.S *= peak[:, None]
+        changed = list(new_cols)
+        idx = _replace_and_keep(model, A, new_cols, keep)
         if deconvolve is not None:
+            remap = -np.ones(K, np.int64)
+            remap[idx] = np.arange(idx.size)
             deconvolve(model, remap[np.asarray(changed)])
         total += int(K - idx.size)
     return total
+
+
+def _merge_group(model: Model, A: sp.csc_matrix, members: np.ndarray) -> tuple[int, np.ndarray]:
+    """Rank-1 merge of ``members`` into its strongest member (traces written in place).
+
+    Returns the lead's index and its new footprint column (P,) float32.
+    """
+    strength = np.asarray(A[:, members].max(axis=0).toarray()).ravel() * model.C[members].max(axis=1)
+    lead = members[int(np.argmax(strength))]  # the strongest member keeps its identity
+    A_g = A[:, members]
+    rows = np.unique(A_g.indices)
+    a, c_raw = _rank1(A_g[rows], model.C_raw[members])
+    proj = (A_g[rows].toarray().T @ a) / max(a @ a, 1e-12)  # weight of each member in the merged trace
+    col = np.zeros(A.shape[0], np.float32)
+    col[rows] = a
+    model.C_raw[lead] = c_raw
+    model.C[lead] = np.maximum(proj @ model.C[members], 0)
+    model.S[lead] = np.maximum(proj @ model.S[members], 0)
+    return lead, col
+
+
+def _replace_and_keep(model: Model, A: sp.csc_matrix, new_cols: dict, keep: np.ndarray) -> np.ndarray:
+    """Write the merged footprints, drop the absorbed components, renormalise; returns the kept indices."""
+    A = sp.lil_matrix(A)
+    for k, col in new_cols.items():
+        A[:, k] = col[:, None]
+    model.A = sp.csc_matrix(A)
+    idx = np.flatnonzero(keep)
+    model.keep(idx)
+    A_n, peak = normalize_footprints(model.A)
+    model.A = A_n
+    model.C *= peak[:, None]
+    model.C_raw *= peak[:, None]
+    model.S *= peak[:, None]
+    return idx
 
 
 def remove_false_positives(model: Model, min_pixel: int, vessels: np.ndarray | None = None) -> np.ndarray:

@@ -17,6 +17,7 @@ import scipy.sparse as sp
 from scipy import ndimage
 
 from califlow.cnmfe.background import RingOperator
+from califlow.cnmfe.seeds import disk_footprint
 
 __all__ = [
     "search_support",
@@ -65,48 +66,47 @@ def _columns_from_images(items: list, shape: tuple[int, int], K: int) -> sp.csc_
                          shape=(p, K))
 
 
-def _disk(r: int) -> np.ndarray:
-    yy, xx = np.mgrid[-r:r + 1, -r:r + 1]
-    return (yy ** 2 + xx ** 2) <= r * r
+def _map_columns(mask: sp.csc_matrix, shape: tuple[int, int], pad: int, image_fn) -> sp.csc_matrix:
+    """Every column's support as a padded image through ``image_fn(img) -> float32 image`` (empty columns stay)."""
+    items = []
+    for k in range(mask.shape[1]):
+        it = _column_image(mask, k, shape, pad)
+        if it is None:
+            items.append(None)
+            continue
+        img, y0, x0 = it
+        items.append((image_fn(img).astype(np.float32), y0, x0))
+    return _columns_from_images(items, shape, mask.shape[1])
 
 
 def dilate_columns(mask: sp.csc_matrix, shape: tuple[int, int], radius: int, square: bool = False) -> sp.csc_matrix:
     """Binary dilation of every column's support (a disk, or a square of half-size radius)."""
-    mask = sp.csc_matrix(mask)
-    st = np.ones((2 * radius + 1,) * 2, bool) if square else _disk(radius)
-    items = []
-    for k in range(mask.shape[1]):
-        it = _column_image(mask, k, shape, radius)
-        if it is None:
-            items.append(None)
-            continue
-        img, y0, x0 = it
-        if square:
-            big = ndimage.maximum_filter(img != 0, size=2 * radius + 1, mode="constant")
-        else:
-            big = ndimage.binary_dilation(img != 0, structure=st)
-        items.append((big.astype(np.float32), y0, x0))
-    return _columns_from_images(items, shape, mask.shape[1])
+    if square:
+        def grow(img):
+            return ndimage.maximum_filter(img != 0, size=2 * radius + 1, mode="constant")
+    else:
+        st = disk_footprint(radius)
+
+        def grow(img):
+            return ndimage.binary_dilation(img != 0, structure=st)
+    return _map_columns(sp.csc_matrix(mask), shape, radius, grow)
+
+
+def _ellipse(img: np.ndarray) -> np.ndarray:
+    """The footprint's support joined with its moment ellipse (``ELLIPSE_DIST`` standard deviations)."""
+    yy, xx = np.mgrid[0:img.shape[0], 0:img.shape[1]]
+    w = img / img.sum()
+    cy, cx = (w * yy).sum(), (w * xx).sum()
+    cov = np.array([[(w * (yy - cy) ** 2).sum(), (w * (yy - cy) * (xx - cx)).sum()],
+                    [(w * (yy - cy) * (xx - cx)).sum(), (w * (xx - cx) ** 2).sum()]]) + 0.5 * np.eye(2)
+    inv = np.linalg.inv(cov)
+    dy, dx = yy - cy, xx - cx
+    m = inv[0, 0] * dy * dy + 2 * inv[0, 1] * dy * dx + inv[1, 1] * dx * dx
+    return (m <= ELLIPSE_DIST ** 2) | (img > 0)
 
 
 def _ellipse_support(A: sp.csc_matrix, shape: tuple[int, int], pad: int) -> sp.csc_matrix:
-    items = []
-    for k in range(A.shape[1]):
-        it = _column_image(A, k, shape, pad)
-        if it is None:
-            items.append(None)
-            continue
-        img, y0, x0 = it
-        yy, xx = np.mgrid[0:img.shape[0], 0:img.shape[1]]
-        w = img / img.sum()
-        cy, cx = (w * yy).sum(), (w * xx).sum()
-        cov = np.array([[(w * (yy - cy) ** 2).sum(), (w * (yy - cy) * (xx - cx)).sum()],
-                        [(w * (yy - cy) * (xx - cx)).sum(), (w * (xx - cx) ** 2).sum()]]) + 0.5 * np.eye(2)
-        inv = np.linalg.inv(cov)
-        dy, dx = yy - cy, xx - cx
-        m = inv[0, 0] * dy * dy + 2 * inv[0, 1] * dy * dx + inv[1, 1] * dx * dx
-        items.append((((m <= ELLIPSE_DIST ** 2) | (img > 0)).astype(np.float32), y0, x0))
-    return _columns_from_images(items, shape, A.shape[1])
+    return _map_columns(A, shape, pad, _ellipse)
 
 
 def search_support(A: sp.csc_matrix, shape: tuple[int, int], with_dendrites: bool, radius: int) -> sp.csc_matrix:
@@ -122,7 +122,7 @@ def search_support(A: sp.csc_matrix, shape: tuple[int, int], with_dendrites: boo
 
 def threshold_traces(C: np.ndarray, sn: np.ndarray, factor: float = 3.0) -> np.ndarray:
     """Traces with values below ``factor`` x their noise zeroed (``hals_thresh``)."""
-    return np.where(C >= factor * sn[:, None], C, 0).astype(np.float32)
+    return np.where(factor * sn[:, None] <= C, C, 0).astype(np.float32)
 
 
 def _masked_product(X: sp.spmatrix, V: np.ndarray, mask: sp.csr_matrix, chunk: int = 4096) -> sp.csr_matrix:
