@@ -12,6 +12,7 @@ import pytest
 
 from califlow.cli import main as cli_main
 from califlow.deconv import deconvolve, impulse_response
+from califlow.deconv.estimate import ar_roots
 from califlow.deconv.tool import read_inputs, run_spike_extraction
 from califlow.errors import ConfigError, InputError
 from califlow.io.isxd import CellSet, Timing, read_cellset, read_eventset, write_cellset
@@ -278,3 +279,55 @@ def test_nwb_input_gets_deconvolution_added(tmp_path):
     # the input is untouched
     with NWBHDF5IO(str(src), "r") as io:
         assert "CaliflowDeconvolution" not in io.read().processing["ophys"].data_interfaces
+
+
+# ------------------------------------------------------------------ frame rate
+def _fps_case(fps: float, snr: float = 8.0, n: int = 8, duration_s: float = 120.0, seed: int = 3):
+    """Simulator calcium (rise 0.15 s, decay 0.8 s) + noise + baseline, as CNMF-E's C_raw."""
+    from califlow.cnmfe.postprocess import remove_baseline, scale_to_noise
+    from califlow.simulate.activity import calcium_traces, spike_trains
+
+    rng = np.random.default_rng(seed)
+    T = int(duration_s * fps)
+    amp = 30.0 * np.exp(0.3 * rng.standard_normal(n))
+    S = spike_trains(n, T, fps, rate_hz=np.full(n, 0.3), amplitude=amp, event_jitter=0.25,
+                     correlation=0.0, rng=rng)
+    C = calcium_traces(S, np.full(n, 0.15), np.full(n, 0.8), fps).astype(np.float64)
+    Y = 110.0 + C + (amp / snr)[:, None] * rng.standard_normal((n, T))
+    return remove_baseline(scale_to_noise(Y, None), fps).astype(np.float64), C, S
+
+
+@pytest.mark.parametrize("fps", [20.0, 30.0])
+def test_high_frame_rates_warn_and_ar2_matches_cnmfe(tmp_path, fps, caplog):
+    """At 20-30 fps the calcium rise spans frames: with the IDEAS defaults (p 1, fudge_factor
+    0.96) the tool says so; with p 2, fudge_factor 1.0 it scores as CNMF-E's final
+    deconvolution of the same C_raw does."""
+    from califlow.cnmfe.postprocess import final_deconvolution
+    from califlow.params import default_config
+
+    raw, C, S = _fps_case(fps)
+    np.save(tmp_path / "raw.npy", raw.astype(np.float32))
+    with caplog.at_level("WARNING", logger="califlow"):
+        run_spike_extraction([tmp_path / "raw.npy"], tmp_path / "ideas", {}, fps=fps, n_threads=1)
+    assert "spike_extraction.p = 1 at" in caplog.text and "set p: 2" in caplog.text
+    S_ideas = np.load(tmp_path / "ideas" / "raw.spikes.npy").astype(np.float64)
+    run_spike_extraction([tmp_path / "raw.npy"], tmp_path / "ar2", {"p": 2, "fudge_factor": 1.0}, fps=fps,
+                         n_threads=1)
+    S_tool = np.load(tmp_path / "ar2" / "raw.spikes.npy").astype(np.float64)
+    C_tool = np.load(tmp_path / "ar2" / "raw.denoised.npy").astype(np.float64)
+    C_ref, S_ref = final_deconvolution(raw.astype(np.float32),
+                                       dict(default_config()["cnmfe"]["final_deconv_options"]), fps)
+
+    def median_r(est, truth, fn):
+        return float(np.median([fn(est[k], truth[k]) for k in range(len(truth))]))
+
+    r_tool, r_ref, r_ideas = (median_r(x, S, binned_corr) for x in (S_tool, S_ref, S_ideas))
+    assert r_tool >= r_ref - 0.02 and r_tool > 0.85 and r_tool > r_ideas + 0.1, (r_tool, r_ref, r_ideas)
+
+    def corr(a, b):
+        return np.corrcoef(a, b)[0, 1]
+
+    assert median_r(C_tool, C, corr) > median_r(C_ref, C, corr) - 0.01
+    g = pd.read_csv(tmp_path / "ar2" / "raw.params.csv")[["g1", "g2"]].to_numpy()
+    tau = -1.0 / (fps * np.log(ar_roots(g).max(axis=1)))
+    assert abs(np.median(tau) / 0.8 - 1) < 0.35  # the decay time (s) is kept

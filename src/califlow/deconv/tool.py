@@ -519,6 +519,26 @@ def _write_denoised_zarr(unit: TraceSet, den: np.ndarray, res: BatchResult, out:
 # --------------------------------------------------------------------------------------------
 # driver
 # --------------------------------------------------------------------------------------------
+#: Frame rate (Hz) above which an AR(1) model smears the calcium rise over several frames.
+AR1_MAX_FPS = 15.0
+
+
+def _warn_frame_rate(unit: TraceSet, kwargs: Mapping) -> None:
+    """Warn when p = 1 meets a frame rate at which the calcium rise spans several frames.
+
+    Measured (benchmarks/bench_spike_fps.py, 24 simulated cells, rise 0.15 s): median spike r
+    (5-frame bins) at 20 fps is 0.69 / 0.76 (SNR 3 / 8) with p 1, fudge_factor 0.96 (the IDEAS
+    defaults) against 0.82 / 0.95 with p 2, fudge_factor 1.0, as CNMF-E's own deconvolution.
+    """
+    if not unit.period_s or kwargs["p"] != 1 or 1.0 / unit.period_s <= AR1_MAX_FPS:
+        return
+    fps = 1.0 / unit.period_s
+    log.warning("%s: spike_extraction.p = 1 at %.1f fps: the calcium rise spans several frames and an AR(1) "
+                "model spreads each event's spikes over them (at 20 fps median spike r 0.69-0.76 against "
+                "0.82-0.95 with p: 2 and fudge_factor: 1.0; benchmarks/bench_spike_fps.py); set p: 2 and "
+                "fudge_factor: 1.0", unit.source, fps, extra=CONSOLE)
+
+
 def run_spike_extraction(inputs: Sequence[str | Path], out_dir: str | Path,
                          params: Mapping | None = None, *, fps: float | None = None,
                          nwb_series: str | None = None, n_threads: int | None = None) -> list[dict]:
@@ -551,6 +571,7 @@ def run_spike_extraction(inputs: Sequence[str | Path], out_dir: str | Path,
     out.mkdir(parents=True, exist_ok=True)
     records = []
     for unit in units:
+        _warn_frame_rate(unit, kwargs)
         res = deconvolve_batch(unit.traces, n_threads=n_threads, **kwargs)
         for k, msg in sorted(res.errors.items()):
             log.warning("%s: cell %s (%s) not deconvolved: %s", unit.source, unit.cell_names[k],
