@@ -50,7 +50,7 @@ def _cmd_init(args) -> int:
     from califlow.params import config_template
     from califlow.sessions import validate_sessions, write_sessions
 
-    found = discover_sessions(args.data_dir)
+    found = discover_sessions(args.data_dir, layout=args.layout)
     sheet = validate_sessions(found.sheet, source=f"sessions found in {args.data_dir}")
     out_dir = Path(args.out)
     sheet_path = write_sessions(sheet, out_dir / "sessions.tsv")
@@ -83,10 +83,15 @@ def _cmd_run(args, extra: list[str]) -> int:
 
 _INIT_HELP = """Find animals and sessions in DATA_DIR and write config/sessions.tsv and config/config.yaml.
 
-Layouts: DATA/<animal>/<session>/ chunk folders (0.avi..., msCam1.avi..., TIFF chunks);
-Miniscope DAQ trees DATA/<animal>/<date>/<time>/<device>/; single files per session
-(.isxd, .tif, .h5, .nwb, .avi, .mp4); or a DATA folder holding one animal's sessions.
-It prints what it found and what it skipped (behaviour cameras, non-recordings)."""
+DATA_DIR is a cohort folder (its sub-folders are animals, each holding sessions) or one
+animal's folder (date-named sub-folders such as 2026_01_05, 2026-01-05 or 20260105, Miniscope
+DAQ date/time trees, or session recordings directly inside; the animal is named after the
+folder). init decides from the structure and prints which it took and why; --layout forces it.
+Sessions: chunk folders (0.avi..., msCam1.avi..., TIFF chunks), Miniscope DAQ
+<date>/<time>/<device>/ trees, single files (.isxd, .tif, .h5, .nwb, .avi, .mp4). A long name
+such as 2026_01_05_recording_20260105_101500 is shortened to the date (and time where several
+recordings share the date); the sheet keeps the full path. It prints what it found and what
+it skipped (behaviour cameras, non-recordings)."""
 
 
 def add_cli(subparsers) -> None:
@@ -100,9 +105,12 @@ def add_cli(subparsers) -> None:
     p = subparsers.add_parser("init", help="find animals and sessions in a data folder; write a sheet and a config",
                               description=_INIT_HELP,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("data_dir", help="folder holding the cohort's recordings")
+    p.add_argument("data_dir", help="a cohort folder (sub-folders are animals) or one animal's folder")
     p.add_argument("--out", default="config", help="folder for sessions.tsv and config.yaml (default: config)")
     p.add_argument("--force", action="store_true", help="overwrite an existing config.yaml")
+    p.add_argument("--layout", choices=("auto", "cohort", "animal"), default="auto",
+                   help="take DATA_DIR as a cohort folder (sub-folders are animals) or one animal's folder; "
+                        "default auto: decide from the structure")
     p.set_defaults(func=_cmd_init)
 
     p = subparsers.add_parser("run", help="run the workflow (snakemake) in the current folder",

@@ -49,6 +49,26 @@ def _robust(img: np.ndarray) -> tuple[float, float]:
     return float(lo), float(hi if hi > lo else lo + 1)
 
 
+def _fit_suptitle(fig, text: str, fontsize: float, margin: float = 0.02) -> int:
+    """Set ``fig``'s title to ``text``, wrapped onto as many lines as it takes to fit the figure's width.
+
+    Returns
+    -------
+    int
+        The number of lines of the title.
+    """
+    import textwrap
+
+    title = fig.suptitle(text, fontsize=fontsize)
+    renderer = fig.canvas.get_renderer()
+    usable = fig.bbox.width * (1 - 2 * margin)
+    chars = len(text)
+    while chars > 8 and title.get_window_extent(renderer).width > usable:
+        chars = max(8, min(chars - 1, int(chars * usable / title.get_window_extent(renderer).width)))
+        title.set_text("\n".join(textwrap.wrap(text, chars, break_on_hyphens=False)))
+    return title.get_text().count("\n") + 1
+
+
 def session_figure(projections: dict, motion: np.ndarray, fps: float, title: str, path) -> Path:
     """Projections (mean, bv, cn, pnr) and the rigid motion trace of one session.
 
@@ -57,12 +77,18 @@ def session_figure(projections: dict, motion: np.ndarray, fps: float, title: str
     projections : dict of name -> (H, W) array
     motion : ndarray (T, 2)
         (dy, dx) per frame in pixels.
+    title : str
+        Figure title; wrapped to the figure's width (the figure grows by the extra lines).
     """
     plt = _plt()
     names = [n for n in ("mean", "bv", "cn", "pnr") if n in projections]
     labels = {"mean": "mean", "bv": "blood vessels", "cn": "correlation (Cn)", "pnr": "PNR"}
     fig = plt.figure(figsize=(3.2 * len(names), 5.6))
-    grid = fig.add_gridspec(2, len(names), height_ratios=[3, 1.4])
+    line_in = 11 * 1.3 / 72                               # one title line at 11 pt, in inches
+    extra = (_fit_suptitle(fig, title, 11) - 1) * line_in
+    fig.set_figheight(5.6 + extra)
+    top = 1 - (0.12 * 5.6 + extra) / (5.6 + extra)        # the default 0.88 for a one-line title
+    grid = fig.add_gridspec(2, len(names), height_ratios=[3, 1.4], top=top)
     for i, name in enumerate(names):
         ax = fig.add_subplot(grid[0, i])
         img = np.asarray(projections[name], dtype=float)
@@ -80,7 +106,6 @@ def session_figure(projections: dict, motion: np.ndarray, fps: float, title: str
     ax.set_ylabel("shift (px)")
     ax.legend(loc="upper right", fontsize=8, ncol=2)
     ax.set_xlim(0, t[-1] if len(t) else 1)
-    fig.suptitle(title, fontsize=11)
     return _save(fig, path)
 
 

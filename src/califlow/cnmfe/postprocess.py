@@ -14,7 +14,7 @@ a transient above ``ACTIVE_LEVEL`` noise levels there (5-frame running median).
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 

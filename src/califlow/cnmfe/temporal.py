@@ -10,7 +10,7 @@ updated independently (per-batch baseline and noise, as CaliAli does).
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 import scipy.sparse as sp
@@ -62,7 +62,7 @@ def denoise_traces(Y: np.ndarray, deconv_flag: bool, options: Mapping, g: np.nda
     Y = np.ascontiguousarray(Y, dtype=np.float32)
     K, T = Y.shape
     p = ar_order(options)
-    flat = ~np.any(Y != Y[:, :1], axis=1)
+    flat = ~np.any(Y[:, :1] != Y, axis=1)
     C = np.zeros((K, T), np.float32)
     S = np.zeros((K, T), np.float32)
     b = Y[:, 0].astype(np.float64).copy()
