@@ -37,6 +37,7 @@ from califlow.deconv import get_noise
 from califlow.deconv.estimate import ar_roots
 from califlow.deconv.foopsi import deconvolve_batch
 from califlow.deconv.tool import _deconv_kwargs, run_spike_extraction, spike_params
+from califlow.metrics import pearson_rows
 from califlow.params import default_config
 from califlow.simulate.activity import calcium_traces, spike_trains
 
@@ -64,14 +65,6 @@ def simulate(fps: float, snr: float, n: int = 24, duration_s: float = 300.0, see
             "sn": sn / scale, "fps": fps}
 
 
-def _pearson(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a = a - a.mean(axis=1, keepdims=True)
-    b = b - b.mean(axis=1, keepdims=True)
-    den = np.sqrt((a * a).sum(axis=1) * (b * b).sum(axis=1))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(den > 0, (a * b).sum(axis=1) / den, np.nan)
-
-
 def binned(S: np.ndarray, edges_frames: np.ndarray) -> np.ndarray:
     """Sum of S (K, T) over the frames of each bin [edges[i], edges[i+1])."""
     return np.add.reduceat(S[:, :edges_frames[-1]], edges_frames[:-1], axis=1)
@@ -83,9 +76,9 @@ def scores(sim: dict, C: np.ndarray, S: np.ndarray) -> dict:
     e5 = np.arange(0, T // 5 * 5 + 1, 5)
     fps = sim["fps"]
     e_half = np.unique(np.floor(np.arange(0, int(T / fps / 0.5) + 1) * 0.5 * fps).astype(int))
-    return {"r5": float(np.nanmedian(_pearson(binned(sim["S"], e5), binned(S, e5)))),
-            "r05s": float(np.nanmedian(_pearson(binned(sim["S"], e_half), binned(S, e_half)))),
-            "trace": float(np.nanmedian(_pearson(sim["C"], C)))}
+    return {"r5": float(np.nanmedian(pearson_rows(binned(sim["S"], e5), binned(S, e5)))),
+            "r05s": float(np.nanmedian(pearson_rows(binned(sim["S"], e_half), binned(S, e_half)))),
+            "trace": float(np.nanmedian(pearson_rows(sim["C"], C)))}
 
 
 def run_tool(sim: dict, params: dict | None = None) -> tuple[np.ndarray, np.ndarray]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from sim_cases import moving_animal
 
 from califlow.errors import InputError
 from califlow.motion.options import motion_options
@@ -21,9 +22,7 @@ FRAMES = 400
 @pytest.fixture(scope="module")
 def jumpy_session():
     """Default preset with the benchmark's motion: AR(1) std 2 px plus jumps up to 10 px."""
-    cfg = preset("default", height=SIZE, width=SIZE, n_sessions=2, frames_per_session=FRAMES,
-                 motion_std=2.0, jump_max=10.0, n_jumps=3)
-    animal = simulate_animal(cfg, seed=11)
+    animal = moving_animal(SIZE, FRAMES, jump_max=10.0, n_jumps=3, seed=11)
     return animal.session_frames(0).astype(np.float32), animal.ground_truth
 
 

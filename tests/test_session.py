@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 from scipy import ndimage
 from scipy.spatial import cKDTree
+from sim_cases import moving_animal
 
 from califlow.errors import InputError
 from califlow.io.store import open_group
 from califlow.motion.session import read_motion_csv, run_session
 from califlow.motion.warp import translate_stack
 from califlow.params import round_half_up
-from califlow.simulate import preset, simulate_animal
 from califlow.simulate.pipeline import write_ingest_store
 
 SIZE = 128
@@ -23,9 +23,7 @@ FRAMES = 500
 
 @pytest.fixture(scope="module")
 def animal():
-    cfg = preset("default", height=SIZE, width=SIZE, n_sessions=2, frames_per_session=FRAMES,
-                 motion_std=2.0, jump_max=8.0, n_jumps=2)
-    return simulate_animal(cfg, seed=21)
+    return moving_animal(SIZE, FRAMES, jump_max=8.0, n_jumps=2, seed=21)
 
 
 @pytest.fixture(scope="module")

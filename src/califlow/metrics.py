@@ -26,7 +26,9 @@ from scipy.optimize import linear_sum_assignment
 from califlow.errors import InputError
 
 __all__ = [
+    "MAD_TO_SIGMA",
     "Match",
+    "pearson_rows",
     "match_neurons",
     "footprint_correlation",
     "trace_correlation",
@@ -36,6 +38,10 @@ __all__ = [
     "motion_rmse",
     "score_extraction",
 ]
+
+#: Median absolute deviation to standard deviation for Gaussian data (1 / Phi^-1(3/4)):
+#: ``sigma ~ MAD_TO_SIGMA * median(|x - median(x)|)``.
+MAD_TO_SIGMA = 1.4826
 
 
 @dataclass
@@ -154,7 +160,7 @@ def match_neurons(A_true, A_est, *, thr: float = 0.25, min_dist: float = 10.0, m
     return Match(rows[ok].astype(np.int64), cols[ok].astype(np.int64), iou[rows[ok], cols[ok]], n, m, shift)
 
 
-def _pearson_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+def pearson_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Pearson r between matching rows of x and y (n, L); NaN where a row is constant."""
     x = x - x.mean(axis=1, keepdims=True)
     y = y - y.mean(axis=1, keepdims=True)
@@ -175,7 +181,7 @@ def footprint_correlation(A_true, A_est, match: Match) -> np.ndarray:
     est = A_est[match.est_idx]
     if np.any(match.shift):
         est = ndimage.shift(est, (0, *match.shift), order=1, mode="constant", cval=0.0)
-    return _pearson_rows(A_true[match.true_idx].reshape(match.n_matched, -1).astype(np.float64),
+    return pearson_rows(A_true[match.true_idx].reshape(match.n_matched, -1).astype(np.float64),
                          est.reshape(match.n_matched, -1).astype(np.float64))
 
 
@@ -205,7 +211,7 @@ def trace_correlation(C_true, C_est, match: Match, session_bounds=None) -> np.nd
     """
     t, e = _paired(C_true, C_est, match, "trace_correlation")
     segs = _segments(t.shape[1] if t.size else np.asarray(C_true).shape[1], session_bounds)
-    return np.stack([_pearson_rows(t[:, a:b], e[:, a:b]) for a, b in segs], axis=1) if len(t) \
+    return np.stack([pearson_rows(t[:, a:b], e[:, a:b]) for a, b in segs], axis=1) if len(t) \
         else np.zeros((0, len(segs)))
 
 
@@ -226,7 +232,7 @@ def spike_correlation(S_true, S_est, match: Match, bin_frames: int = 5, session_
         n = (b - a) // k
         bt = t[:, a:a + n * k].reshape(len(t), n, k).sum(axis=2)
         be = e[:, a:a + n * k].reshape(len(e), n, k).sum(axis=2)
-        cols.append(_pearson_rows(bt, be))
+        cols.append(pearson_rows(bt, be))
     return np.stack(cols, axis=1)
 
 

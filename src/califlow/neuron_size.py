@@ -39,6 +39,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 from scipy import ndimage
 
+from califlow.metrics import MAD_TO_SIGMA
 from califlow.sizes import DIAMETER_PER_GSIG
 
 __all__ = ["NeuronSize", "estimate_neuron_size", "measure_sessions", "stabilised_sample", "gsig_for_diameter",
@@ -140,7 +141,7 @@ def _candidates(rise: np.ndarray, max_n: int, spacing: float) -> np.ndarray:
     from califlow.cnmfe.seeds import local_maxima
 
     med = float(np.median(rise))
-    spread = 1.4826 * float(np.median(np.abs(rise - med)))
+    spread = MAD_TO_SIGMA * float(np.median(np.abs(rise - med)))
     ys, xs = np.nonzero(local_maxima(rise, 1.5) & (rise >= med + MIN_RISE * spread))
     order = np.argsort(-rise[ys, xs], kind="stable")
     chosen: list[tuple[int, int]] = []

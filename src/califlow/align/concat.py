@@ -21,7 +21,7 @@ import logging
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -131,6 +131,40 @@ def concatenate(enhanced: Sequence[str | os.PathLike], alignment: Alignment | st
     al = alignment if isinstance(alignment, Alignment) else load_alignment(alignment)
     paths = [Path(p) for p in enhanced]
     names = list(names) if names is not None else list(al.names)
+    _check_sessions_given(names, paths, projections, al)
+    jobs = _session_jobs(names, paths, al)
+    fps0 = _common_fps(jobs, fps_tolerance)
+    H, W = al.shape
+    total = int(sum(j.movie.shape[0] for j in jobs))
+    table = _session_table(jobs)
+    # half the float32 size, a lower bound: blosc-zstd shrinks these movies about 1.3x (io.store.compressor)
+    with atomic_output(out_path, needed_bytes=total * H * W * 2) as tmp:
+        root = open_group(tmp, mode="w")
+        _write_aligned_movie(root, jobs, al, projections, total, chunk_frames)
+        if projections is not None:
+            _write_aligned_projections(root, jobs, al, projections)
+        set_provenance(root, params=params, inputs=[str(p) for p in paths], sessions=table, fps=fps0,
+                       n_frames=total, shape=[H, W], dropped=list(al.dropped), alignment_path=al.path,
+                       bv_score=al.bv_score, alignment_box=list(al.box))
+    log.info("concatenated %d sessions, %d frames of %dx%d into %s", len(jobs), total, H, W, out_path)
+    return {"sessions": table, "n_frames": total, "shape": (H, W), "fps": fps0}
+
+
+class _Job(NamedTuple):
+    """One session to concatenate: its enhanced movie and where it sits in the alignment and the inputs."""
+
+    name: str
+    path: Path
+    movie: Any
+    fps: float
+    attrs: dict
+    alignment_index: int
+    input_index: int
+
+
+def _check_sessions_given(names: list[str], paths: list[Path], projections, al: Alignment) -> None:
+    """The inputs match one to one: as many names and projections as movies, every name in the
+    alignment (or dropped by it), every aligned session given."""
     if len(names) != len(paths):
         raise InputError(f"concatenate: {len(paths)} enhanced movies but {len(names)} session names")
     if projections is not None and len(projections) != len(paths):
@@ -141,6 +175,10 @@ def concatenate(enhanced: Sequence[str | os.PathLike], alignment: Alignment | st
     missing = [n for n in al.names if n not in names]
     if missing:
         raise InputError(f"concatenate: the alignment has sessions {missing} that were not given")
+
+
+def _session_jobs(names: list[str], paths: list[Path], al: Alignment) -> list[_Job]:
+    """Open the enhanced movies of the sessions the alignment kept, checking frame size, length and fps."""
     jobs = []
     for i, (nm, p) in enumerate(zip(names, paths)):
         if nm in al.dropped:
@@ -156,70 +194,98 @@ def concatenate(enhanced: Sequence[str | os.PathLike], alignment: Alignment | st
             raise InputError(f"{p}: session {nm!r} has no frames")
         if fps is None:
             raise InputError(f"{p}: no 'fps' attribute in the enhanced store of session {nm!r}")
-        jobs.append((nm, p, movie, fps, attrs, k, i))
+        jobs.append(_Job(nm, p, movie, fps, attrs, k, i))
     if not jobs:
         raise InputError("concatenate: no session left to concatenate")
-    fps0 = jobs[0][3]
+    return jobs
+
+
+def _common_fps(jobs: list[_Job], fps_tolerance: float | None) -> float:
+    """The first session's frame rate (Hz), after checking every rate is within ``fps_tolerance``
+    (relative; the schema's default when None) of it."""
+    fps0 = jobs[0].fps
     if fps_tolerance is None:
         fps_tolerance = default_config()["inter_session_alignment"]["fps_tolerance"]
-    bad = [(nm, f) for nm, _, _, f, *_ in jobs if abs(f - fps0) > fps_tolerance * fps0]
+    bad = [(j.name, j.fps) for j in jobs if abs(j.fps - fps0) > fps_tolerance * fps0]
     if bad:
-        listing = ", ".join(f"{nm}: {f:g} fps" for nm, _, _, f, *_ in jobs)
+        listing = ", ".join(f"{j.name}: {j.fps:g} fps" for j in jobs)
         raise InputError(f"concatenate: sessions have different frame rates ({listing}); one movie needs one rate. "
                          "Set downsampling.target_fps (e.g. the lowest rate) to resample every session to one rate, "
                          "or split the animal.")
+    return fps0
 
-    H, W = al.shape
-    total = int(sum(j[2].shape[0] for j in jobs))
+
+def _session_table(jobs: list[_Job]) -> list[dict]:
+    """The ``sessions`` attribute: name, frames ``start:stop`` of the concatenated movie, fps, sources."""
     table = []
     t0 = 0
-    for nm, p, movie, fps, attrs, _, _ in jobs:
-        n = int(movie.shape[0])
-        src = attrs.get("source", attrs.get("inputs"))
-        table.append({"name": nm, "start": t0, "stop": t0 + n, "n_frames": n, "fps": fps, "source": str(p),
-                      "original_source": src})
+    for job in jobs:
+        n = int(job.movie.shape[0])
+        src = job.attrs.get("source", job.attrs.get("inputs"))
+        table.append({"name": job.name, "start": t0, "stop": t0 + n, "n_frames": n, "fps": job.fps,
+                      "source": str(job.path), "original_source": src})
         t0 += n
+    return table
+
+
+def _write_aligned_movie(root, jobs: list[_Job], al: Alignment, projections: Sequence | None, total: int,
+                         chunk_frames: int) -> None:
+    """Write ``movie`` (total, H, W) float32: every session warped into the aligned frame, in order,
+    with its vessel pulsation regressed out when its ``projections.zarr`` path holds one."""
+    H, W = al.shape
     progress = Progress(total, "frames", "concatenate")
-    # half the float32 size, a lower bound: blosc-zstd shrinks these movies about 1.3x (io.store.compressor)
-    with atomic_output(out_path, needed_bytes=total * H * W * 2) as tmp:
-        root = open_group(tmp, mode="w")
-        arr = create_movie(root, "movie", (total, H, W), chunks=(chunk_frames, MOVIE_CHUNKS[1], MOVIE_CHUNKS[2]))
-        with FrameWriter(arr) as writer:
-            for nm, p, movie, _fps, _attrs, k, i in jobs:
-                warp = BilinearWarp(al.maps[k], al.session_shapes[k], fill=0.0)
-                n = int(movie.shape[0])
-                pulse = (read_vessel_pulse(projections[i], n)
-                         if projections is not None and isinstance(projections[i], (str, os.PathLike)) else None)
-                for start in range(0, n, chunk_frames):
-                    block = np.asarray(movie[start:start + chunk_frames], dtype=np.float32)
-                    finite = np.isfinite(block).reshape(len(block), -1).all(axis=1)
-                    if not finite.all():
-                        f = start + int(np.argmin(finite))
-                        raise InputError(f"{p}: frame {f} of session {nm!r} has NaN or infinite values")
-                    if pulse is not None:
-                        block -= pulse[1][start:start + len(block), None, None] * pulse[0][None]
-                    writer.write(warp(block))
-                    progress.update(len(block))
-        if projections is not None:
-            stacks = {key: np.zeros((len(jobs), H, W), np.float32) for key in PROJECTION_KEYS}
-            valid = np.zeros((len(jobs), H, W), bool)
-            for s, (nm, _, _, _, _, k, i) in enumerate(jobs):
-                pr = projections[i]
-                pr = read_projections(pr) if isinstance(pr, (str, os.PathLike)) else pr
-                warp = BilinearWarp(al.maps[k], al.session_shapes[k], fill=np.nan)
-                valid[s] = warp.valid_image
-                for key in PROJECTION_KEYS:
-                    if key in pr and pr[key] is not None:
-                        img = np.asarray(pr[key], np.float32)
-                        if img.shape != tuple(al.session_shapes[k]):
-                            raise InputError(f"projections of session {nm!r}: {key!r} is {img.shape}, "
-                                             f"the alignment expects {tuple(al.session_shapes[k])}")
-                        stacks[key][s] = np.nan_to_num(warp(img[None])[0], nan=0.0)
-            for key, st in stacks.items():
-                create_image(root, key, st)
-            create_image(root, "valid", valid)
-        set_provenance(root, params=params, inputs=[str(p) for p in paths], sessions=table, fps=fps0,
-                       n_frames=total, shape=[H, W], dropped=list(al.dropped), alignment_path=al.path,
-                       bv_score=al.bv_score, alignment_box=list(al.box))
-    log.info("concatenated %d sessions, %d frames of %dx%d into %s", len(jobs), total, H, W, out_path)
-    return {"sessions": table, "n_frames": total, "shape": (H, W), "fps": fps0}
+    arr = create_movie(root, "movie", (total, H, W), chunks=(chunk_frames, MOVIE_CHUNKS[1], MOVIE_CHUNKS[2]))
+    with FrameWriter(arr) as writer:
+        for job in jobs:
+            pr = projections[job.input_index] if projections is not None else None
+            pulse = read_vessel_pulse(pr, int(job.movie.shape[0])) if isinstance(pr, (str, os.PathLike)) else None
+            _write_session_frames(writer, job, al, pulse, chunk_frames, progress)
+
+
+def _write_session_frames(writer: FrameWriter, job: _Job, al: Alignment, pulse: tuple | None, chunk_frames: int,
+                          progress: Progress) -> None:
+    """Warp one session's frames into the aligned frame, ``chunk_frames`` at a time, and append them.
+
+    ``pulse`` is ``(beta (h, w), course (T,))`` of :func:`read_vessel_pulse`, regressed out first.
+
+    Raises
+    ------
+    InputError
+        A frame holds NaN or infinite values.
+    """
+    warp = BilinearWarp(al.maps[job.alignment_index], al.session_shapes[job.alignment_index], fill=0.0)
+    n = int(job.movie.shape[0])
+    for start in range(0, n, chunk_frames):
+        block = np.asarray(job.movie[start:start + chunk_frames], dtype=np.float32)
+        finite = np.isfinite(block).reshape(len(block), -1).all(axis=1)
+        if not finite.all():
+            f = start + int(np.argmin(finite))
+            raise InputError(f"{job.path}: frame {f} of session {job.name!r} has NaN or infinite values")
+        if pulse is not None:
+            block -= pulse[1][start:start + len(block), None, None] * pulse[0][None]
+        writer.write(warp(block))
+        progress.update(len(block))
+
+
+def _write_aligned_projections(root, jobs: list[_Job], al: Alignment, projections: Sequence) -> None:
+    """Write each session's projections warped into the aligned frame, (S, H, W) float32 (0 where
+    not covered), and ``valid`` (S, H, W) bool."""
+    H, W = al.shape
+    stacks = {key: np.zeros((len(jobs), H, W), np.float32) for key in PROJECTION_KEYS}
+    valid = np.zeros((len(jobs), H, W), bool)
+    for s, job in enumerate(jobs):
+        k = job.alignment_index
+        pr = projections[job.input_index]
+        pr = read_projections(pr) if isinstance(pr, (str, os.PathLike)) else pr
+        warp = BilinearWarp(al.maps[k], al.session_shapes[k], fill=np.nan)
+        valid[s] = warp.valid_image
+        for key in PROJECTION_KEYS:
+            if key in pr and pr[key] is not None:
+                img = np.asarray(pr[key], np.float32)
+                if img.shape != tuple(al.session_shapes[k]):
+                    raise InputError(f"projections of session {job.name!r}: {key!r} is {img.shape}, "
+                                     f"the alignment expects {tuple(al.session_shapes[k])}")
+                stacks[key][s] = np.nan_to_num(warp(img[None])[0], nan=0.0)
+    for key, st in stacks.items():
+        create_image(root, key, st)
+    create_image(root, "valid", valid)

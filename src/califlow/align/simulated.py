@@ -72,25 +72,40 @@ def projections_from_ground_truth(gt, *, seed: int = 0, noise: float = 0.1, mean
     pattern /= max(float(pattern.std()), 1e-12)
     out, origins = [], []
     for s in idx:
-        fp = gt.session_footprints(s)                       # (K, H, W)
-        act = np.asarray(gt.active)[:, s]
-        peak = fp.reshape(len(fp), -1).max(axis=1)
-        bright = rng.uniform(0.4, 1.0, len(fp)) * act / np.maximum(peak, 1e-9)
-        neurons = np.tensordot(bright.astype(np.float32), fp, axes=1)
-        neurons /= max(float(neurons.max()), 1e-9)
-        base = np.asarray(gt.baseline_session[s], np.float32)
-        mean = base + (rng.standard_normal((h, w)).astype(np.float32) * mean_noise
-                       + sensor_pattern * pattern) * float(base.std())
-        ridges = sato(mean, sigmas=list(bv_sigmas), black_ridges=True).astype(np.float32)
-        bv = np.clip(ridges / max(float(np.percentile(ridges, 99.9)), 1e-9), 0, 1)
-        cn = np.clip(neurons ** 2 + _smooth(rng.standard_normal((h, w)), 0.7) * noise, 0, None)
-        pnr = 3.0 + 20.0 * neurons + 1.5 * rng.standard_normal((h, w)) * noise * 10
-        top, left, bottom, right = (int(v) for v in rng.integers(0, crop_jitter + 1, 4))
-        sl = (slice(top, h - bottom), slice(left, w - right))
-        out.append({"mean": mean[sl].astype(np.float32), "bv": bv[sl].astype(np.float32),
-                    "cn": cn[sl].astype(np.float32), "pnr": pnr[sl].astype(np.float32)})
-        origins.append((top, left))
+        proj, origin = _session_projections(gt, s, rng, pattern, noise=noise, mean_noise=mean_noise,
+                                            sensor_pattern=sensor_pattern, crop_jitter=crop_jitter,
+                                            bv_sigmas=bv_sigmas)
+        out.append(proj)
+        origins.append(origin)
     return out, np.array(origins, dtype=np.float64)
+
+
+def _session_projections(gt, s: int, rng: np.random.Generator, pattern: np.ndarray, *, noise: float,
+                         mean_noise: float, sensor_pattern: float, crop_jitter: int, bv_sigmas
+                         ) -> tuple[dict, tuple[int, int]]:
+    """Session ``s``'s projections (see :func:`projections_from_ground_truth`) and its crop origin (y, x) px.
+
+    Draws from ``rng``, in order: neuron brightnesses, mean-image noise, ``cn`` noise, ``pnr``
+    noise and the crop. ``pattern`` (H, W) is the unit-std sensor pattern.
+    """
+    h, w = gt.shape
+    fp = gt.session_footprints(s)                       # (K, H, W)
+    act = np.asarray(gt.active)[:, s]
+    peak = fp.reshape(len(fp), -1).max(axis=1)
+    bright = rng.uniform(0.4, 1.0, len(fp)) * act / np.maximum(peak, 1e-9)
+    neurons = np.tensordot(bright.astype(np.float32), fp, axes=1)
+    neurons /= max(float(neurons.max()), 1e-9)
+    base = np.asarray(gt.baseline_session[s], np.float32)
+    mean = base + (rng.standard_normal((h, w)).astype(np.float32) * mean_noise
+                   + sensor_pattern * pattern) * float(base.std())
+    ridges = sato(mean, sigmas=list(bv_sigmas), black_ridges=True).astype(np.float32)
+    bv = np.clip(ridges / max(float(np.percentile(ridges, 99.9)), 1e-9), 0, 1)
+    cn = np.clip(neurons ** 2 + _smooth(rng.standard_normal((h, w)), 0.7) * noise, 0, None)
+    pnr = 3.0 + 20.0 * neurons + 1.5 * rng.standard_normal((h, w)) * noise * 10
+    top, left, bottom, right = (int(v) for v in rng.integers(0, crop_jitter + 1, 4))
+    sl = (slice(top, h - bottom), slice(left, w - right))
+    return ({"mean": mean[sl].astype(np.float32), "bv": bv[sl].astype(np.float32),
+             "cn": cn[sl].astype(np.float32), "pnr": pnr[sl].astype(np.float32)}, (top, left))
 
 
 def footprint_centroids(gt, origins):

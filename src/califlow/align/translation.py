@@ -22,6 +22,7 @@ import cv2
 import numpy as np
 
 from califlow.align.maps import BilinearWarp, identity_map
+from califlow.metrics import MAD_TO_SIGMA
 
 __all__ = ["phase_shift", "groupwise_translation"]
 
@@ -132,7 +133,7 @@ def _phase_shift_once(a: np.ndarray, b: np.ndarray, mask_a: np.ndarray | None = 
     oy = parabola(corr[iy - 1, ix], peak, corr[iy + 1, ix])
     ox = parabola(corr[iy, ix - 1], peak, corr[iy, ix + 1])
     med = np.median(corr)
-    spread = 1.4826 * np.median(np.abs(corr - med)) + 1e-12
+    spread = MAD_TO_SIGMA * np.median(np.abs(corr - med)) + 1e-12
     quality = float((peak - med) / spread)
     return np.array([iy - cy + oy, ix - cx + ox], dtype=np.float64), quality
 
@@ -186,50 +187,79 @@ def groupwise_translation(images: Sequence[np.ndarray], masks: Sequence[np.ndarr
         ``links`` (pairs used, with shift and quality), ``dropped_links``, ``refine_steps``.
     """
     n = len(images)
-    shape = images[0].shape[-2:]
     t = np.zeros((n, 2))
     info: dict = {"links": [], "dropped_links": [], "refine_steps": []}
     if n < 2:
         return t, info
-    links = []
-    for i in range(n):
-        for j in range(i + 1, min(n, i + 1 + n_neighbors)):
-            # coarse links only locate the sessions; sub-pixel precision comes from the refinement
-            d, q = phase_shift(images[i], images[j], masks[i], masks[j], max_shift=max_shift, n_refine=0)
-            links.append((i, j, d, max(q, 1e-3)))
-    t = _solve(n, links)
-    resid = [float(np.hypot(*((t[j] - t[i]) - d))) for i, j, d, _ in links]
-    keep = [lk for lk, r in zip(links, resid) if r <= outlier_px]
-    dropped = [(lk[0], lk[1]) for lk, r in zip(links, resid) if r > outlier_px]
-    if dropped and _connected(n, keep):
-        log.info("translation: dropped %d inconsistent session pairs %s", len(dropped), dropped)
-        t = _solve(n, keep)
-        info["dropped_links"] = dropped
-    else:
-        keep = links
+    links = _coarse_links(images, masks, n_neighbors, max_shift)
+    t, keep = _solve_without_outliers(n, links, outlier_px, info)
     info["links"] = [{"pair": [i, j], "shift": d.tolist(), "quality": q} for i, j, d, q in keep]
-
     for _ in range(n_refine):
-        warped, wmasks = [], []
-        for s in range(n):
-            warp = BilinearWarp(identity_map(shape, tuple(t[s])), shape, fill=0.0)
-            img = images[s] if images[s].ndim == 3 else images[s][None]
-            warped.append(warp(img))
-            wmasks.append(warp(masks[s].astype(np.float32)[None])[0] > 0.99)
-        total = np.sum([w * m for w, m in zip(warped, wmasks)], axis=0)
-        count = np.sum(wmasks, axis=0).astype(np.float32)
-        step = np.zeros((n, 2))
-        for s in range(n):
-            cnt = count - wmasks[s]
-            tmpl = np.where(cnt > 0, (total - warped[s] * wmasks[s]) / np.maximum(cnt, 1), 0).astype(np.float32)
-            d, _ = phase_shift(tmpl, warped[s], cnt >= max(1, (n - 1) / 2), wmasks[s], max_shift=5.0, n_refine=1)
-            step[s] = d * (n - 1) / n  # leave-one-out target → share with the mean
+        step = _leave_one_out_steps(images, masks, t)
         t = t + step
         t -= t.mean(axis=0)
         info["refine_steps"].append(float(np.abs(step).max()))
         if np.abs(step).max() < 0.02:
             break
     return t, info
+
+
+def _coarse_links(images: Sequence[np.ndarray], masks: Sequence[np.ndarray], n_neighbors: int,
+                  max_shift: float | None) -> list[tuple[int, int, np.ndarray, float]]:
+    """Phase correlation of each session with its next ``n_neighbors``: ``(i, j, d_ij px, quality)``.
+
+    Coarse (no refinement): the links only locate the sessions; sub-pixel precision comes from
+    the leave-one-out refinement. Qualities are floored at 1e-3 (they weight the solve).
+    """
+    n = len(images)
+    links = []
+    for i in range(n):
+        for j in range(i + 1, min(n, i + 1 + n_neighbors)):
+            d, q = phase_shift(images[i], images[j], masks[i], masks[j], max_shift=max_shift, n_refine=0)
+            links.append((i, j, d, max(q, 1e-3)))
+    return links
+
+
+def _solve_without_outliers(n: int, links: list, outlier_px: float, info: dict) -> tuple[np.ndarray, list]:
+    """Positions (n, 2) px from the links, solved again without links off by more than ``outlier_px``.
+
+    The outliers are dropped only when the remaining links still connect all sessions (then
+    ``info['dropped_links']`` lists their pairs). Returns the positions and the links kept.
+    """
+    t = _solve(n, links)
+    resid = [float(np.hypot(*((t[j] - t[i]) - d))) for i, j, d, _ in links]
+    keep = [lk for lk, r in zip(links, resid) if r <= outlier_px]
+    dropped = [(lk[0], lk[1]) for lk, r in zip(links, resid) if r > outlier_px]
+    if dropped and _connected(n, keep):
+        log.info("translation: dropped %d inconsistent session pairs %s", len(dropped), dropped)
+        info["dropped_links"] = dropped
+        return _solve(n, keep), keep
+    return t, links
+
+
+def _leave_one_out_steps(images: Sequence[np.ndarray], masks: Sequence[np.ndarray], t: np.ndarray
+                         ) -> np.ndarray:
+    """One refinement round: each session's shift (n, 2) px against the mean of the others, translated by ``t``.
+
+    The step is scaled by ``(n - 1) / n``: the leave-one-out target moves with the mean.
+    """
+    n = len(images)
+    shape = images[0].shape[-2:]
+    warped, wmasks = [], []
+    for s in range(n):
+        warp = BilinearWarp(identity_map(shape, tuple(t[s])), shape, fill=0.0)
+        img = images[s] if images[s].ndim == 3 else images[s][None]
+        warped.append(warp(img))
+        wmasks.append(warp(masks[s].astype(np.float32)[None])[0] > 0.99)
+    total = np.sum([w * m for w, m in zip(warped, wmasks)], axis=0)
+    count = np.sum(wmasks, axis=0).astype(np.float32)
+    step = np.zeros((n, 2))
+    for s in range(n):
+        cnt = count - wmasks[s]
+        tmpl = np.where(cnt > 0, (total - warped[s] * wmasks[s]) / np.maximum(cnt, 1), 0).astype(np.float32)
+        d, _ = phase_shift(tmpl, warped[s], cnt >= max(1, (n - 1) / 2), wmasks[s], max_shift=5.0, n_refine=1)
+        step[s] = d * (n - 1) / n  # leave-one-out target → share with the mean
+    return step
 
 
 def _connected(n: int, links) -> bool:

@@ -34,6 +34,7 @@ from califlow.cnmfe.data import InMemorySource
 from califlow.cnmfe.model import Model, empty_model, normalize_footprints
 from califlow.cnmfe.seeds import disk_footprint
 from califlow.cnmfe.temporal import ar_order, denoise_trace
+from califlow.metrics import MAD_TO_SIGMA
 
 __all__ = ["initialize", "init_seed", "init_seed_reason", "blob_dilation", "peeled_pnr", "REJECT_REASONS"]
 
@@ -213,7 +214,7 @@ def init_seed_reason(HY: np.ndarray, shape: tuple[int, int], y: int, x: int, rad
     h, w = shape
     T = HY.shape[1]
     hy = HY[y * w + x]
-    spread = 1.4826 * float(np.median(np.abs(hy - np.median(hy))))
+    spread = MAD_TO_SIGMA * float(np.median(np.abs(hy - np.median(hy))))
     if spread <= 0 or hy.max() < 3 * spread:
         return None, "weak seed trace"
     y0, y1 = max(0, y - radius), min(h, y + radius + 1)

@@ -252,16 +252,21 @@ def _refit_g(x: np.ndarray, s: np.ndarray, g: tuple, sn: float, n_events: int,
     return tuple(float(v) for v in ar_from_roots([[d, r]])[0])
 
 
+#: Brent's bounded minimiser: square root of the float64 machine epsilon, and the golden-section ratio
+_SQRT_EPS = math.sqrt(2.2e-16)
+_GOLDEN_MEAN = 0.5 * (3.0 - math.sqrt(5.0))
+
+
 @numba.njit(cache=True, nogil=True)
 def _bounded_brent_root(segs, mask, fit_baseline, a, b, xatol, maxfun):  # pragma: no cover - numba
     """Minimise the AR(1) event RSS over the root in [a, b] (Brent's bounded method).
 
     Golden-section steps with parabolic interpolation (Forsythe, Malcolm and Moler's
     ``fmin``), stopping when the bracket is within ``xatol`` or after ``maxfun`` evaluations.
+    ``xf`` is the best point so far, ``nfc`` the second best and ``fulc`` the previous
+    second best (``fx``, ``fnfc``, ``ffulc`` their values).
     """
-    sqrt_eps = math.sqrt(2.2e-16)
-    golden_mean = 0.5 * (3.0 - math.sqrt(5.0))
-    fulc = a + golden_mean * (b - a)
+    fulc = a + _GOLDEN_MEAN * (b - a)
     nfc = fulc
     xf = fulc
     rat = 0.0
@@ -271,57 +276,77 @@ def _bounded_brent_root(segs, mask, fit_baseline, a, b, xatol, maxfun):  # pragm
     ffulc = fx
     fnfc = fx
     xm = 0.5 * (a + b)
-    tol1 = sqrt_eps * abs(xf) + xatol / 3.0
+    tol1 = _SQRT_EPS * abs(xf) + xatol / 3.0
     tol2 = 2.0 * tol1
     while abs(xf - xm) > (tol2 - 0.5 * (b - a)) and num < maxfun:
-        golden = True
-        if abs(e) > tol1:  # try a parabolic step
-            golden = False
-            r = (xf - nfc) * (fx - ffulc)
-            q = (xf - fulc) * (fx - fnfc)
-            pp = (xf - fulc) * q - (xf - nfc) * r
-            q = 2.0 * (q - r)
-            if q > 0.0:
-                pp = -pp
-            q = abs(q)
-            r = e
-            e = rat
-            if abs(pp) < abs(0.5 * q * r) and pp > q * (a - xf) and pp < q * (b - xf):
-                rat = pp / q
-                x = xf + rat
-                if (x - a) < tol2 or (b - x) < tol2:
-                    rat = tol1 if xm - xf >= 0 else -tol1
-            else:
-                golden = True
-        if golden:
-            e = (a - xf) if xf >= xm else (b - xf)
-            rat = golden_mean * e
+        e, rat = _brent_step(a, b, xf, fx, nfc, fnfc, fulc, ffulc, e, rat, xm, tol1, tol2)
         step = max(abs(rat), tol1)
         x = xf + (step if rat >= 0 else -step)
         fu = _event_rss(x, 0.0, 1, segs, mask, fit_baseline)
         num += 1
-        if fu <= fx:
-            if x >= xf:
-                a = xf
-            else:
-                b = xf
-            fulc, ffulc = nfc, fnfc
-            nfc, fnfc = xf, fx
-            xf, fx = x, fu
-        else:
-            if x < xf:
-                a = x
-            else:
-                b = x
-            if fu <= fnfc or nfc == xf:
-                fulc, ffulc = nfc, fnfc
-                nfc, fnfc = x, fu
-            elif fu <= ffulc or fulc == xf or fulc == nfc:  # noqa: SIM109 - scalar compares in numba
-                fulc, ffulc = x, fu
+        a, b, xf, fx, nfc, fnfc, fulc, ffulc = _brent_update(a, b, xf, fx, nfc, fnfc, fulc, ffulc, x, fu)
         xm = 0.5 * (a + b)
-        tol1 = sqrt_eps * abs(xf) + xatol / 3.0
+        tol1 = _SQRT_EPS * abs(xf) + xatol / 3.0
         tol2 = 2.0 * tol1
     return xf
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _brent_step(a, b, xf, fx, nfc, fnfc, fulc, ffulc, e, rat, xm, tol1, tol2):  # pragma: no cover - numba
+    """The next step of :func:`_bounded_brent_root`: ``(e, rat)``, ``rat`` the signed step before the
+    ``tol1`` floor and ``e`` the step before last.
+
+    A parabola through the three best points when its step is acceptable (inside the bracket,
+    and less than half the step before last), else a golden-section step into the larger part.
+    """
+    golden = True
+    if abs(e) > tol1:  # try a parabolic step
+        golden = False
+        r = (xf - nfc) * (fx - ffulc)
+        q = (xf - fulc) * (fx - fnfc)
+        pp = (xf - fulc) * q - (xf - nfc) * r
+        q = 2.0 * (q - r)
+        if q > 0.0:
+            pp = -pp
+        q = abs(q)
+        r = e
+        e = rat
+        if abs(pp) < abs(0.5 * q * r) and pp > q * (a - xf) and pp < q * (b - xf):
+            rat = pp / q
+            x = xf + rat
+            if (x - a) < tol2 or (b - x) < tol2:
+                rat = tol1 if xm - xf >= 0 else -tol1
+        else:
+            golden = True
+    if golden:
+        e = (a - xf) if xf >= xm else (b - xf)
+        rat = _GOLDEN_MEAN * e
+    return e, rat
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _brent_update(a, b, xf, fx, nfc, fnfc, fulc, ffulc, x, fu):  # pragma: no cover - numba
+    """Shrink the bracket ``[a, b]`` with the new point ``x`` (value ``fu``) and re-rank the three best
+    points; returns ``(a, b, xf, fx, nfc, fnfc, fulc, ffulc)``."""
+    if fu <= fx:
+        if x >= xf:
+            a = xf
+        else:
+            b = xf
+        fulc, ffulc = nfc, fnfc
+        nfc, fnfc = xf, fx
+        xf, fx = x, fu
+    else:
+        if x < xf:
+            a = x
+        else:
+            b = x
+        if fu <= fnfc or nfc == xf:
+            fulc, ffulc = nfc, fnfc
+            nfc, fnfc = x, fu
+        elif fu <= ffulc or fulc == xf or fulc == nfc:  # noqa: SIM109 - scalar compares in numba
+            fulc, ffulc = x, fu
+    return a, b, xf, fx, nfc, fnfc, fulc, ffulc
 
 
 @numba.njit(cache=True, nogil=True)
@@ -350,50 +375,65 @@ def _nelder_mead_roots(segs, mask, fit_baseline, d0, r0, d_cap, xatol, fatol, ma
         fsim[k] = _roots_cost(sim[k], segs, mask, fit_baseline, d_cap)
     order = np.argsort(fsim, kind="mergesort")
     sim, fsim = sim[order], fsim[order]
-    xbar = np.empty(2)
     for _ in range(1, maxiter):
-        span = 0.0
-        fspan = 0.0
-        for k in range(1, 3):
-            fspan = max(fspan, abs(fsim[0] - fsim[k]))
-            for j in range(2):
-                span = max(span, abs(sim[k, j] - sim[0, j]))
-        if span <= xatol and fspan <= fatol:
+        if _simplex_converged(sim, fsim, xatol, fatol):
             break
-        xbar[:] = 0.5 * (sim[0] + sim[1])
-        xr = 2.0 * xbar - sim[2]
-        fxr = _roots_cost(xr, segs, mask, fit_baseline, d_cap)
-        shrink = False
-        if fxr < fsim[0]:
-            xe = 3.0 * xbar - 2.0 * sim[2]
-            fxe = _roots_cost(xe, segs, mask, fit_baseline, d_cap)
-            if fxe < fxr:
-                sim[2], fsim[2] = xe, fxe
-            else:
-                sim[2], fsim[2] = xr, fxr
-        elif fxr < fsim[1]:
-            sim[2], fsim[2] = xr, fxr
-        elif fxr < fsim[2]:
-            xc = 1.5 * xbar - 0.5 * sim[2]
-            fxc = _roots_cost(xc, segs, mask, fit_baseline, d_cap)
-            if fxc <= fxr:
-                sim[2], fsim[2] = xc, fxc
-            else:
-                shrink = True
-        else:
-            xcc = 0.5 * xbar + 0.5 * sim[2]
-            fxcc = _roots_cost(xcc, segs, mask, fit_baseline, d_cap)
-            if fxcc < fsim[2]:
-                sim[2], fsim[2] = xcc, fxcc
-            else:
-                shrink = True
-        if shrink:
-            for k in range(1, 3):
-                sim[k] = sim[0] + 0.5 * (sim[k] - sim[0])
-                fsim[k] = _roots_cost(sim[k], segs, mask, fit_baseline, d_cap)
+        _nelder_mead_step(sim, fsim, segs, mask, fit_baseline, d_cap)
         order = np.argsort(fsim, kind="mergesort")
         sim, fsim = sim[order], fsim[order]
     return sim[0, 0], sim[0, 1]
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _simplex_converged(sim, fsim, xatol, fatol):  # pragma: no cover - numba
+    """The sorted simplex (3, 2) spans at most ``xatol`` per coordinate and its values (3,) at most ``fatol``."""
+    span = 0.0
+    fspan = 0.0
+    for k in range(1, 3):
+        fspan = max(fspan, abs(fsim[0] - fsim[k]))
+        for j in range(2):
+            span = max(span, abs(sim[k, j] - sim[0, j]))
+    return span <= xatol and fspan <= fatol
+
+
+@numba.njit(cache=True, nogil=True)
+def _nelder_mead_step(sim, fsim, segs, mask, fit_baseline, d_cap):  # pragma: no cover - numba
+    """One Nelder-Mead iteration on the sorted simplex ``sim`` (3, 2), values ``fsim`` (3,), in place.
+
+    The worst vertex is reflected through the centroid of the others, then the reflection is
+    expanded or contracted; when no move improves on it, the simplex shrinks toward the best.
+    """
+    xbar = 0.5 * (sim[0] + sim[1])
+    xr = 2.0 * xbar - sim[2]
+    fxr = _roots_cost(xr, segs, mask, fit_baseline, d_cap)
+    shrink = False
+    if fxr < fsim[0]:
+        xe = 3.0 * xbar - 2.0 * sim[2]
+        fxe = _roots_cost(xe, segs, mask, fit_baseline, d_cap)
+        if fxe < fxr:
+            sim[2], fsim[2] = xe, fxe
+        else:
+            sim[2], fsim[2] = xr, fxr
+    elif fxr < fsim[1]:
+        sim[2], fsim[2] = xr, fxr
+    elif fxr < fsim[2]:
+        xc = 1.5 * xbar - 0.5 * sim[2]
+        fxc = _roots_cost(xc, segs, mask, fit_baseline, d_cap)
+        if fxc <= fxr:
+            sim[2], fsim[2] = xc, fxc
+        else:
+            shrink = True
+    else:
+        xcc = 0.5 * xbar + 0.5 * sim[2]
+        fxcc = _roots_cost(xcc, segs, mask, fit_baseline, d_cap)
+        if fxcc < fsim[2]:
+            sim[2], fsim[2] = xcc, fxcc
+        else:
+            shrink = True
+    if shrink:
+        for k in range(1, 3):
+            sim[k] = sim[0] + 0.5 * (sim[k] - sim[0])
+            fsim[k] = _roots_cost(sim[k], segs, mask, fit_baseline, d_cap)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -404,60 +444,71 @@ def _event_rss(r1, r2, q, segs, mask, fit_baseline):
     free per event and, with ``fit_baseline``, one offset is shared (variable projection:
     the linear parameters are solved in closed form for the given roots).
     """
-    J, L = segs.shape
     rss = 0.0
     a1 = 0.0
     a2 = 0.0
-    for j in range(J):
-        g11 = 0.0
-        g12 = 0.0
-        g22 = 0.0
-        x1 = 0.0
-        x2 = 0.0
-        u1 = 0.0
-        u2 = 0.0
-        n = 0.0
-        sx = 0.0
-        sxx = 0.0
-        p1 = 1.0
-        p2 = 1.0
-        for k in range(L):
-            if mask[j, k]:
-                x = segs[j, k]
-                g11 += p1 * p1
-                g12 += p1 * p2
-                g22 += p2 * p2
-                x1 += p1 * x
-                x2 += p2 * x
-                u1 += p1
-                u2 += p2
-                n += 1.0
-                sx += x
-                sxx += x * x
-            p1 *= r1
-            p2 *= r2
-        if q == 1:
-            inv = 1.0 / (g11 + 1e-12)
-            gx1 = x1 * inv
-            gx2 = 0.0
-            gu1 = u1 * inv
-            gu2 = 0.0
-        else:
-            g11 += 1e-12
-            g22 += 1e-12
-            det = g11 * g22 - g12 * g12
-            if det <= 1e-300:
-                det = 1e-300
-            gx1 = (g22 * x1 - g12 * x2) / det
-            gx2 = (g11 * x2 - g12 * x1) / det
-            gu1 = (g22 * u1 - g12 * u2) / det
-            gu2 = (g11 * u2 - g12 * u1) / det
+    for j in range(segs.shape[0]):
+        g11, g12, g22, x1, x2, u1, u2, n, sx, sxx = _event_moments(segs[j], mask[j], r1, r2)
+        gx1, gx2, gu1, gu2 = _solve_amplitudes(g11, g12, g22, x1, x2, u1, u2, q)
         rss += sxx - (x1 * gx1 + x2 * gx2)
         a2 += n - (u1 * gu1 + u2 * gu2)
         a1 += sx - (u1 * gx1 + u2 * gx2)
     if fit_baseline and a2 > 1e-12:
         rss -= a1 * a1 / a2
     return rss
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _event_moments(seg, seg_mask, r1, r2):  # pragma: no cover - numba
+    """Sums over one event's samples ``x_k`` (``seg_mask``) of the exponentials ``p1 = r1**k``, ``p2 = r2**k``.
+
+    Returns ``(sum p1 p1, sum p1 p2, sum p2 p2, sum p1 x, sum p2 x, sum p1, sum p2, count,
+    sum x, sum x**2)``.
+    """
+    g11 = 0.0
+    g12 = 0.0
+    g22 = 0.0
+    x1 = 0.0
+    x2 = 0.0
+    u1 = 0.0
+    u2 = 0.0
+    n = 0.0
+    sx = 0.0
+    sxx = 0.0
+    p1 = 1.0
+    p2 = 1.0
+    for k in range(seg.shape[0]):
+        if seg_mask[k]:
+            x = seg[k]
+            g11 += p1 * p1
+            g12 += p1 * p2
+            g22 += p2 * p2
+            x1 += p1 * x
+            x2 += p2 * x
+            u1 += p1
+            u2 += p2
+            n += 1.0
+            sx += x
+            sxx += x * x
+        p1 *= r1
+        p2 *= r2
+    return g11, g12, g22, x1, x2, u1, u2, n, sx, sxx
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _solve_amplitudes(g11, g12, g22, x1, x2, u1, u2, q):  # pragma: no cover - numba
+    """``G^-1 x`` and ``G^-1 u`` for the Gram matrix ``G`` of the ``q`` exponentials (ridge 1e-12):
+    ``(gx1, gx2, gu1, gu2)`` (the second components 0 for q = 1)."""
+    if q == 1:
+        inv = 1.0 / (g11 + 1e-12)
+        return x1 * inv, 0.0, u1 * inv, 0.0
+    g11 += 1e-12
+    g22 += 1e-12
+    det = g11 * g22 - g12 * g12
+    if det <= 1e-300:
+        det = 1e-300
+    return ((g22 * x1 - g12 * x2) / det, (g11 * x2 - g12 * x1) / det,
+            (g22 * u1 - g12 * u2) / det, (g11 * u2 - g12 * u1) / det)
 
 
 def _solve_oasis(y: np.ndarray, g: tuple, sn: float, bl: float | None, bas_nonneg: bool,
@@ -584,10 +635,7 @@ def deconvolve(y, *, p: int = _SE["p"], g=None, sn=None, bl=None, c1=None, s_min
     y = _validate_trace(y)
     sn = _checked_noise(y, p, sn, lags, noise_range, noise_method)
     if p == 0:
-        b = 0.0 if bl is None else float(bl)
-        c = np.where(~np.isnan(y), np.maximum(y - b, 0.0), 0.0)
-        return DeconvResult(c=c.astype(np.float32), s=c.astype(np.float32), b=b, c1=0.0, g=(),
-                            sn=sn, lam=0.0)
+        return _without_dynamics(y, bl, sn)
     if g is None:
         g = estimate_time_constant(y, p, sn, lags, fudge_factor)
     g = _validate_g(g, p)
@@ -600,12 +648,29 @@ def deconvolve(y, *, p: int = _SE["p"], g=None, sn=None, bl=None, c1=None, s_min
         fit = _with_s_min(yw, g, sn, s_min, solve_cvxpy(yw, g, sn, bl=bl, bas_nonneg=bas_nonneg,
                                                         solvers=solvers))
     else:
-        fit = _solve_oasis(yw, g, sn, bl, bas_nonneg, s_min)
-        if n_refit:
-            g, fit = _refit_loop(yw, g, sn, fit, n_refit, bl is None, max_tau,
-                                 lambda gg: _solve_oasis(yw, gg, sn, bl, bas_nonneg, s_min))
+        g, fit = _oasis_fit(yw, g, sn, bl, bas_nonneg, s_min, n_refit, max_tau)
     c, s, b, lam, thr = fit
     return _finish(yw, c, s, b, lam, g, sn, c1, thr)
+
+
+def _without_dynamics(y: np.ndarray, bl: float | None, sn: float) -> DeconvResult:
+    """The p = 0 result: ``c = s = max(y - b, 0)`` (0 at NaN samples), ``b = bl`` or 0."""
+    b = 0.0 if bl is None else float(bl)
+    c = np.where(~np.isnan(y), np.maximum(y - b, 0.0), 0.0)
+    return DeconvResult(c=c.astype(np.float32), s=c.astype(np.float32), b=b, c1=0.0, g=(), sn=sn, lam=0.0)
+
+
+def _oasis_fit(y: np.ndarray, g: tuple, sn: float, bl: float | None, bas_nonneg: bool, s_min: float | None,
+               n_refit: int, max_tau: float | None) -> tuple[tuple, tuple]:
+    """OASIS fit of ``y`` (see :func:`_solve_oasis`), with ``g`` refitted on ``n_refit`` events when > 0.
+
+    Returns the AR coefficients used and the fit ``(c, s, b, lam, thr)``.
+    """
+    fit = _solve_oasis(y, g, sn, bl, bas_nonneg, s_min)
+    if n_refit:
+        g, fit = _refit_loop(y, g, sn, fit, n_refit, bl is None, max_tau,
+                             lambda gg: _solve_oasis(y, gg, sn, bl, bas_nonneg, s_min))
+    return g, fit
 
 
 def _refit_loop(y, g, sn, fit, n_events, fit_baseline, max_tau, solve, rounds: int = 3):

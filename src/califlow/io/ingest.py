@@ -287,6 +287,79 @@ def _damaged_frames(source: MovieSource, label: str, policy: str) -> tuple[list[
     return damaged, grid
 
 
+def _frames_per_read(chunk_frames: int | None, source: MovieSource, temporal_ds: int, spatial_ds: int) -> int:
+    """Raw frames read per block: ``chunk_frames`` rounded down to a multiple of ``temporal_ds``
+    (at least one), or sized from the frame size when None."""
+    if chunk_frames is None:
+        _, height, width = source.shape
+        return auto_chunk_frames(height, width, np.dtype(source.dtype).itemsize, temporal_ds, spatial_ds)
+    n_read = _positive_int(chunk_frames, "chunk_frames")
+    return max(temporal_ds, (n_read // temporal_ds) * temporal_ds)
+
+
+def _source_fps(source: MovieSource, default_fps: float | None, label: str) -> tuple[float | None, str | None]:
+    """The raw frame rate (Hz; None when unknown) and where it came from; ``default_fps`` (with a
+    warning) when the source has no timing."""
+    fps = source.fps
+    fps_from = source.metadata.get("fps_from") or ("file timing" if fps else None)
+    if fps is None and default_fps:
+        fps, fps_from = float(default_fps), "default (general.sf)"
+        log.warning("%s: no timestamps and no frame rate given; using the default %.3f fps", label, fps)
+    return fps, fps_from
+
+
+def _output_timestamps(ts_out: list, resampler, n_out: int, temporal_ds: int, fps: float | None
+                       ) -> np.ndarray | None:
+    """Times (s) of the output frames: the measured ones, or with a resampler the new rate's grid from
+    the first measured time (0 when none); None without timing."""
+    timestamps = np.concatenate(ts_out) if ts_out else None
+    if resampler is not None:
+        first = float(timestamps[0]) if timestamps is not None and timestamps.size else 0.0
+        timestamps = first + np.arange(n_out) * (resampler.step * temporal_ds / fps)
+    return timestamps
+
+
+def _ingest_attrs(source: MovieSource, label: str, *, fps, fps_from, resampler, spatial_ds: int, temporal_ds: int,
+                  n_out: int, n_raw: int, out_shape: tuple[int, int], damaged, filled, unusable, timestamps,
+                  n_read: int) -> dict:
+    """The attributes of ``ingest.zarr`` (see :func:`ingest`): rates (Hz), frame counts, dropped,
+    damaged and interpolated frames, downsampling, raw shape, reader, timing (s) and recording start."""
+    meta = source.metadata
+    _, height, width = source.shape
+    h, w = out_shape
+    out_fps = None if fps is None else fps / temporal_ds / (resampler.step if resampler is not None else 1.0)
+    return {
+        "fps": out_fps,
+        "fps_raw": fps,
+        "resampled": None if resampler is None else {"from_fps": fps / temporal_ds, "to_fps": out_fps,
+                                                     "interpolated_frames_are_before_resampling": True},
+        "fps_from": fps_from,
+        "n_frames": int(n_out),
+        "source_files": [str(p) for p in source.files],
+        "file_order": meta.get("file_order"),
+        "frames_per_file": meta.get("frames_per_file"),
+        "header_frames_per_file": meta.get("header_frames_per_file"),
+        "dropped_frames": source.dropped.tolist(),
+        "damaged_frames": [{"file": d.file, "frame": d.frame, "message": d.message} for d in damaged],
+        "interpolated_frames": filled,
+        "gaps": meta.get("gaps", []),
+        "spatial_ds": spatial_ds,
+        "temporal_ds": temporal_ds,
+        "raw_shape": [int(n_raw), int(height), int(width)],
+        "raw_dtype": str(source.native_dtype),
+        "crop": {"rows_dropped": int(height - h * spatial_ds), "cols_dropped": int(width - w * spatial_ds)},
+        "reader": meta.get("reader"),
+        "timing": {"source": meta.get("timing_source"),
+                   "first_s": None if timestamps is None else float(timestamps[0]),
+                   "last_s": None if timestamps is None else float(timestamps[-1]),
+                   "start_s": meta.get("start_s")},
+        "nonfinite_frames": unusable.nonfinite,
+        "blank_frames": unusable.blank,
+        "chunk_frames": int(n_read),
+        **recording_start(meta, list(source.files), label),
+    }
+
+
 def ingest_source(source: MovieSource, out_path, *, spatial_ds: int = _DS["spatial_ds"],
                   temporal_ds: int = _DS["temporal_ds"],
                   chunk_frames: int | None = None, default_fps: float | None = None,
@@ -300,18 +373,9 @@ def ingest_source(source: MovieSource, out_path, *, spatial_ds: int = _DS["spati
     k = _positive_int(temporal_ds, "downsampling.temporal_ds")
     t_claim, height, width = source.shape
     h, w = downsampled_shape(height, width, s)
-    if chunk_frames is None:
-        n_read = auto_chunk_frames(height, width, np.dtype(source.dtype).itemsize, k, s)
-    else:
-        n_read = _positive_int(chunk_frames, "chunk_frames")
-        n_read = max(k, (n_read // k) * k)
+    n_read = _frames_per_read(chunk_frames, source, k, s)
     label = str(source.metadata.get("path", source.files[0]))
-    fps = source.fps
-    fps_from = source.metadata.get("fps_from") or ("file timing" if fps else None)
-    if fps is None and default_fps:
-        fps, fps_from = float(default_fps), "default (general.sf)"
-        log.warning("%s: no timestamps and no frame rate given; using the default %.3f fps", label, fps)
-    dropped = source.dropped
+    fps, fps_from = _source_fps(source, default_fps, label)
     policy = on_damaged_frames or _ds_option(params, "on_damaged_frames")
     damaged, damaged_grid = _damaged_frames(source, label, policy)
     resampler = _resampler(label, None if fps is None else fps / k,
@@ -331,45 +395,13 @@ def ingest_source(source: MovieSource, out_path, *, spatial_ds: int = _DS["spati
             writer.stop()
         if n_out == 0:
             raise InputError(f"{label}: no frame was read")
-        timestamps = np.concatenate(ts_out) if ts_out else None
-        if resampler is not None:  # the output grid of the new rate, from the first measured time
-            first = float(timestamps[0]) if timestamps is not None and timestamps.size else 0.0
-            timestamps = first + np.arange(n_out) * (resampler.step * k / fps)
+        timestamps = _output_timestamps(ts_out, resampler, n_out, k, fps)
         if timestamps is not None:
             create_image(group, "timestamps", timestamps.astype(np.float64))
-        meta = source.metadata
-        out_fps = None if fps is None else fps / k / (resampler.step if resampler is not None else 1.0)
-        attrs = {
-            "fps": out_fps,
-            "fps_raw": fps,
-            "resampled": None if resampler is None else {"from_fps": fps / k, "to_fps": out_fps,
-                                                         "interpolated_frames_are_before_resampling": True},
-            "fps_from": fps_from,
-            "n_frames": int(n_out),
-            "source_files": [str(p) for p in source.files],
-            "file_order": meta.get("file_order"),
-            "frames_per_file": meta.get("frames_per_file"),
-            "header_frames_per_file": meta.get("header_frames_per_file"),
-            "dropped_frames": dropped.tolist(),
-            "damaged_frames": [{"file": d.file, "frame": d.frame, "message": d.message} for d in damaged],
-            "interpolated_frames": filled,
-            "gaps": meta.get("gaps", []),
-            "spatial_ds": s,
-            "temporal_ds": k,
-            "raw_shape": [int(n_raw), int(height), int(width)],
-            "raw_dtype": str(source.native_dtype),
-            "crop": {"rows_dropped": int(height - h * s), "cols_dropped": int(width - w * s)},
-            "reader": meta.get("reader"),
-            "timing": {"source": meta.get("timing_source"),
-                       "first_s": None if timestamps is None else float(timestamps[0]),
-                       "last_s": None if timestamps is None else float(timestamps[-1]),
-                       "start_s": meta.get("start_s")},
-            "nonfinite_frames": unusable.nonfinite,
-            "blank_frames": unusable.blank,
-            "chunk_frames": int(n_read),
-            **recording_start(meta, list(source.files), label),
-        }
-        attrs = to_jsonable(attrs)
+        attrs = to_jsonable(_ingest_attrs(
+            source, label, fps=fps, fps_from=fps_from, resampler=resampler, spatial_ds=s, temporal_ds=k,
+            n_out=n_out, n_raw=n_raw, out_shape=(h, w), damaged=damaged, filled=filled, unusable=unusable,
+            timestamps=timestamps, n_read=n_read))
         group.attrs.update(attrs)
         set_provenance(group, params, inputs if inputs is not None else [str(p) for p in source.files], step="ingest")
     elapsed = time.monotonic() - t0

@@ -101,20 +101,34 @@ def write_session_nwb(path: str | Path, session: NWBSession, metadata: dict) -> 
         indicator, location, excitation_lambda, emission_lambda, device; with the sheet's
         Subject columns merged in (subject_id, species, sex, age, genotype).
     """
-    from pynwb import NWBHDF5IO, NWBFile
-    from pynwb.base import Images
-    from pynwb.file import Subject
-    from pynwb.image import GrayscaleImage
-    from pynwb.ophys import OnePhotonSeries, OpticalChannel
+    from pynwb import NWBHDF5IO
 
-    from califlow import __version__
     from califlow.io.store import atomic_output
     from califlow.params import default_config
 
     # the schema's export defaults for what a partial mapping leaves out (empty sheet cells too)
     metadata = {**default_config()["export"], **{k: v for k, v in metadata.items() if v not in (None, "")}}
     path = Path(path)
-    K, H, W = session.footprints.shape
+    nwb = _nwb_file(session, metadata)
+    plane = _imaging_plane(nwb, session, metadata)
+    _link_raw_recording(nwb, plane, session, path.parent.resolve())
+    ophys = nwb.create_processing_module(name="ophys", description="califlow cross-session extraction")
+    if session.footprints.shape[0]:  # no cell: no ImageSegmentation (NWB requires a PlaneSegmentation in it,
+        _add_cells(ophys, plane, session)  # and empty tables fail nwbinspector's checks); images are still written
+    if session.images:
+        _add_summary_images(ophys, session.images)
+    with atomic_output(path) as tmp, NWBHDF5IO(str(tmp), "w") as io:
+        io.write(nwb)
+    return path
+
+
+def _nwb_file(session: NWBSession, metadata: dict):
+    """The ``NWBFile`` of the session (description, start time, lab) with its ``Subject``."""
+    from pynwb import NWBFile
+    from pynwb.file import Subject
+
+    from califlow import __version__
+
     nwb = NWBFile(
         session_description=f"califlow extraction of {session.animal}/{session.session}: neurons tracked "
                             "across all sessions of the animal (CaliAli method, CNMF-E, OASIS).",
@@ -135,16 +149,29 @@ def write_session_nwb(path: str | Path, session: NWBSession, metadata: dict) -> 
                           sex=metadata["sex"], age=metadata["age"],
                           genotype=metadata.get("genotype") or None,
                           description=f"Animal {session.animal} of the califlow sessions sheet.")
+    return nwb
+
+
+def _imaging_plane(nwb, session: NWBSession, metadata: dict):
+    """Create the device, optical channel (emission nm) and imaging plane (excitation nm, fps) in ``nwb``."""
+    from pynwb.ophys import OpticalChannel
+
     device = nwb.create_device(name="Microscope", description=metadata["device"])
     channel = OpticalChannel(name="OpticalChannel", description="green emission",
                              emission_lambda=float(metadata["emission_lambda"]))
-    plane = nwb.create_imaging_plane(
+    return nwb.create_imaging_plane(
         name="ImagingPlane", optical_channel=channel, imaging_rate=float(session.fps),
         description="Aligned (cross-session) field of view; footprints are in this frame.",
         device=device, excitation_lambda=float(metadata["excitation_lambda"]),
         indicator=metadata["indicator"], location=metadata["location"],
     )
-    out_dir = path.parent.resolve()
+
+
+def _link_raw_recording(nwb, plane, session: NWBSession, out_dir: Path) -> None:
+    """Add the raw recording as an external ``OnePhotonSeries`` (paths relative to ``out_dir``), when
+    the session knows its source files and their frame counts."""
+    from pynwb.ophys import OnePhotonSeries
+
     counts = list(session.frames_per_file)
     if session.source_files and len(counts) == len(session.source_files):
         files = [os.path.relpath(Path(f).resolve(), out_dir) for f in session.source_files]
@@ -154,18 +181,18 @@ def write_session_nwb(path: str | Path, session: NWBSession, metadata: dict) -> 
             imaging_plane=plane, external_file=files, format="external", starting_frame=starts,
             rate=float(session.raw_fps or session.fps), unit="n.a.", num_samples=int(sum(counts)),
         ))
-    ophys = nwb.create_processing_module(name="ophys", description="califlow cross-session extraction")
-    if K:  # no cell: no ImageSegmentation (NWB requires a PlaneSegmentation in it, and empty tables
-        _add_cells(ophys, plane, session)  # fail nwbinspector's checks); the images are still written
-    if session.images:
-        imgs = Images(name="SegmentationImages", description="summary images of the session (aligned frame)")
-        for name, img in session.images.items():
-            imgs.add_image(GrayscaleImage(name=name, data=np.asarray(img, dtype=np.float32),
-                                          description=f"{name} image of the session"))
-        ophys.add(imgs)
-    with atomic_output(path) as tmp, NWBHDF5IO(str(tmp), "w") as io:
-        io.write(nwb)
-    return path
+
+
+def _add_summary_images(ophys, images: dict) -> None:
+    """Add the session's summary images (name -> (H, W), stored float32) as ``SegmentationImages``."""
+    from pynwb.base import Images
+    from pynwb.image import GrayscaleImage
+
+    imgs = Images(name="SegmentationImages", description="summary images of the session (aligned frame)")
+    for name, img in images.items():
+        imgs.add_image(GrayscaleImage(name=name, data=np.asarray(img, dtype=np.float32),
+                                      description=f"{name} image of the session"))
+    ophys.add(imgs)
 
 
 def _add_cells(ophys, plane, session) -> None:

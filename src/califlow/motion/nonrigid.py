@@ -35,7 +35,7 @@ import cv2
 import numpy as np
 
 from califlow.motion.options import MotionOptions, motion_options
-from califlow.motion.rigid import ReferenceMaker, read_frames
+from califlow.motion.rigid import CAUCHY_SCALE_PER_MEAN_ABS_ERROR, ReferenceMaker, read_frames
 from califlow.motion.warp import translate_stack, warp_stack
 from califlow.preprocess.filters import gaussian_blur_stack
 
@@ -134,7 +134,7 @@ def dense_flow(templates: list[np.ndarray], movings: list[np.ndarray]) -> np.nda
             err[outside] = 0.0
             # Cauchy weights: pixels that differ for another reason than motion (a firing
             # neuron, a pulsing vessel) barely pull on the field
-            c2 = (2.385 * 1.25 * float(np.mean(np.abs(err))) + 1e-12) ** 2
+            c2 = (CAUCHY_SCALE_PER_MEAN_ABS_ERROR * float(np.mean(np.abs(err))) + 1e-12) ** 2
             wts = 1.0 / (1.0 + err * err / c2)
             wgy, wgx = wts * gy, wts * gx
             hyy, hxx, hxy = blur(wgy * gy), blur(wgx * gx), blur(wgy * gx)
@@ -213,6 +213,82 @@ def _channels(maker_bv: ReferenceMaker, maker_neuron: ReferenceMaker, pyramid, i
     return out
 
 
+def _rigid_template(movie, shifts: np.ndarray, box: tuple[int, int, int, int], options: MotionOptions
+                    ) -> tuple[ReferenceMaker, ReferenceMaker, np.ndarray]:
+    """The session template and the channel makers built from it.
+
+    Returns the ``'BV'`` and ``'neuron'`` reference makers (illumination from the sample) and the
+    template, float32 (h, w): the median of ``options.template_frames`` evenly spaced frames,
+    rigid-corrected and cropped to ``box``.
+    """
+    T = int(movie.shape[0])
+    idx = np.unique(np.round(np.linspace(0, T - 1, min(T, options.template_frames))).astype(np.int64))
+    sample = translate_stack(read_frames(movie, idx), shifts[idx], box, order=3)
+    maker_bv = ReferenceMaker("BV", sample, options.bv_size, options.gsig)
+    maker_neuron = ReferenceMaker("neuron", sample, options.bv_size, options.gsig)
+    return maker_bv, maker_neuron, np.median(sample, axis=0).astype(np.float32)
+
+
+class _BatchFields:
+    """Fields of the batches, from the even- and odd-frame sums of the batch being read.
+
+    Parameters
+    ----------
+    maker_bv, maker_neuron : ReferenceMaker
+        Channel images of the pyramid levels.
+    pyramid : sequence of {'BV', 'neuron'}
+        Channel per level, coarse to fine.
+    template : ndarray (h, w)
+        Session template (rigid-corrected).
+    n_batches : int
+    """
+
+    def __init__(self, maker_bv: ReferenceMaker, maker_neuron: ReferenceMaker, pyramid, template: np.ndarray,
+                 n_batches: int):
+        self.makers = (maker_bv, maker_neuron)
+        self.pyramid = pyramid
+        self.t_channels = _channels(maker_bv, maker_neuron, pyramid, template)
+        h, w = template.shape
+        gh, gw = (h - 1) // GRID + 2, (w - 1) // GRID + 2
+        self.fields = np.zeros((n_batches, 2, gh, gw), dtype=np.float32)
+        self.accepted = np.zeros(n_batches, dtype=bool)
+        self.margin = max(2, min(h, w) // 10)
+        self.sums = np.zeros((2, h, w), dtype=np.float64)      # even / odd frame sums of the open batch
+        self.counts = np.zeros(2, dtype=np.int64)
+        self.gains: list[float] = []
+        self.node_y = np.minimum(np.arange(gh) * GRID, h - 1)
+        self.node_x = np.minimum(np.arange(gw) * GRID, w - 1)
+
+    def add(self, frames: np.ndarray, parity: np.ndarray) -> None:
+        """Add rigid-corrected frames (n, h, w) of the open batch; ``parity`` (n,) is 0 for even, 1 for odd."""
+        for p in (0, 1):
+            sel = frames[parity == p]
+            if len(sel):
+                self.sums[p] += sel.sum(axis=0, dtype=np.float64)
+                self.counts[p] += len(sel)
+
+    def close(self, batch: int) -> None:
+        """Estimate the field of ``batch`` from the frames added (held-out check), then start a new batch."""
+        if self.counts[1] > 0:
+            self._fit(batch)
+        self.sums[:] = 0
+        self.counts[:] = 0
+
+    def _fit(self, batch: int) -> None:
+        sums, counts, t_fine = self.sums, self.counts, self.t_channels[-1]
+        even = (sums[0] / max(counts[0], 1)).astype(np.float32)
+        odd = (sums[1] / max(counts[1], 1)).astype(np.float32)
+        u_even = dense_flow(self.t_channels, _channels(*self.makers, self.pyramid, even))
+        odd_fine = _channels(*self.makers, self.pyramid[-1:], odd)[0]
+        gain = _ncc(_remap(odd_fine, u_even), t_fine, self.margin) - _ncc(odd_fine, t_fine, self.margin)
+        self.gains.append(gain)
+        if gain > MIN_GAIN:
+            both = ((sums[0] + sums[1]) / (counts.sum())).astype(np.float32)
+            u = dense_flow(self.t_channels, _channels(*self.makers, self.pyramid, both))
+            self.fields[batch] = u[:, self.node_y][:, :, self.node_x]
+            self.accepted[batch] = True
+
+
 def estimate_nonrigid_motion(movie, shifts: np.ndarray, box: tuple[int, int, int, int],
                              options: MotionOptions | None = None, *, progress=None) -> NonRigidMotion:
     """Estimate a smooth displacement field per low-motion batch (see the module docstring).
@@ -237,72 +313,29 @@ def estimate_nonrigid_motion(movie, shifts: np.ndarray, box: tuple[int, int, int
     NonRigidMotion
     """
     o = options if options is not None else motion_options()
-    pyramid, batch_size, bv_size, gsig, chunk_frames = o.pyramid, o.batch_size, o.bv_size, o.gsig, o.chunk_frames
-    template_frames = o.template_frames
     T = int(movie.shape[0])
-    y0, y1, x0, x1 = box
-    h, w = y1 - y0, x1 - x0
     score = np.zeros(T)
     score[1:] = np.linalg.norm(np.diff(shifts, axis=0), axis=1)
-    edges = motion_batches(score, batch_size)
-    n_b = len(edges) - 1
-    # template: median of rigid-corrected evenly spaced frames
-    idx = np.unique(np.round(np.linspace(0, T - 1, min(T, template_frames))).astype(np.int64))
-    sample = translate_stack(read_frames(movie, idx), shifts[idx], box, order=3)
-    maker_bv = ReferenceMaker("BV", sample, bv_size, gsig)
-    maker_neuron = ReferenceMaker("neuron", sample, bv_size, gsig)
-    template = np.median(sample, axis=0).astype(np.float32)
-    del sample
-    t_channels = _channels(maker_bv, maker_neuron, pyramid, template)
-    t_fine = t_channels[-1]
-    gh, gw = (h - 1) // GRID + 2, (w - 1) // GRID + 2
-    fields = np.zeros((n_b, 2, gh, gw), dtype=np.float32)
-    accepted = np.zeros(n_b, dtype=bool)
-    margin = max(2, min(h, w) // 10)
-    sums = np.zeros((2, h, w), dtype=np.float64)      # even / odd frame sums of the open batch
-    counts = np.zeros(2, dtype=np.int64)
+    edges = motion_batches(score, o.batch_size)
+    maker_bv, maker_neuron, template = _rigid_template(movie, shifts, box, o)
+    batches = _BatchFields(maker_bv, maker_neuron, o.pyramid, template, len(edges) - 1)
+    del template
     b = 0
-    gains = []
-    node_y = np.minimum(np.arange(gh) * GRID, h - 1)
-    node_x = np.minimum(np.arange(gw) * GRID, w - 1)
-
-    def close_batch(bi: int) -> None:
-        even = (sums[0] / max(counts[0], 1)).astype(np.float32)
-        odd = (sums[1] / max(counts[1], 1)).astype(np.float32)
-        if counts[1] == 0:
-            return
-        u_even = dense_flow(t_channels, _channels(maker_bv, maker_neuron, pyramid, even))
-        odd_fine = _channels(maker_bv, maker_neuron, pyramid[-1:], odd)[0]
-        gain = _ncc(_remap(odd_fine, u_even), t_fine, margin) - _ncc(odd_fine, t_fine, margin)
-        gains.append(gain)
-        if gain > MIN_GAIN:
-            both = ((sums[0] + sums[1]) / (counts.sum())).astype(np.float32)
-            u = dense_flow(t_channels, _channels(maker_bv, maker_neuron, pyramid, both))
-            fields[bi] = u[:, node_y][:, :, node_x]
-            accepted[bi] = True
-
-    for a in range(0, T, chunk_frames):  # loop over chunks
-        stop = min(T, a + chunk_frames)
+    for a in range(0, T, o.chunk_frames):  # loop over chunks
+        stop = min(T, a + o.chunk_frames)
         frames = translate_stack(read_frames(movie, slice(a, stop)), shifts[a:stop], box, order=3)
         t = a
         while t < stop:  # loop over the batches this chunk touches
             end = min(stop, int(edges[b + 1]))
-            part = frames[t - a:end - a]
-            par = (np.arange(t, end) - edges[b]) % 2
-            for p in (0, 1):
-                sel = part[par == p]
-                if len(sel):
-                    sums[p] += sel.sum(axis=0, dtype=np.float64)
-                    counts[p] += len(sel)
+            batches.add(frames[t - a:end - a], (np.arange(t, end) - edges[b]) % 2)
             t = end
             if end == edges[b + 1]:
-                close_batch(b)
-                sums[:] = 0
-                counts[:] = 0
+                batches.close(b)
                 b += 1
         if progress is not None:
             progress.update(stop - a)
+    fields, accepted = batches.fields, batches.accepted
     log.info("non-rigid: %d of %d batches kept a field (largest displacement %.2f px)",
-             int(accepted.sum()), n_b, float(np.abs(fields).max()) if fields.size else 0.0)
-    log.debug("non-rigid held-out correlation gains: %s", np.round(gains, 4).tolist())
+             int(accepted.sum()), len(accepted), float(np.abs(fields).max()) if fields.size else 0.0)
+    log.debug("non-rigid held-out correlation gains: %s", np.round(batches.gains, 4).tolist())
     return NonRigidMotion(edges=edges, fields=fields, accepted=accepted, box=tuple(int(v) for v in box))

@@ -120,9 +120,78 @@ def _taper(n: int, border: int) -> np.ndarray:
 #: 2.385 is the Cauchy tuning constant (c = 2.385 sigma gives 95 % efficiency under Gaussian
 #: noise) and 1.25 converts a mean absolute Gaussian residual to its sigma (sqrt(pi / 2)).
 CAUCHY_SCALE_PER_MEAN_ABS_ERROR = 2.385 * 1.25
+_LK_FASTMATH = {"reassoc", "contract", "nsz", "arcp"}
 
 
-@numba.njit(cache=True, parallel=True, nogil=True, fastmath={"reassoc", "contract", "nsz", "arcp"})
+@numba.njit(cache=True, nogil=True, fastmath=_LK_FASTMATH, inline="always")
+def _rect_moments(frame, template, i0, i1, j0, j1):
+    """Sums over the rectangle ``[i0, i1) x [j0, j1)`` of a frame W and the template T (h, w).
+
+    Returns ``(sum W, sum T, sum W**2, sum T**2, sum W T)`` as float64, accumulated per row in
+    float32 (reassociated, so the row loops vectorise).
+    """
+    sw = st = sww = stt = swt = 0.0
+    for i in range(i0, i1):
+        wr = frame[i, j0:j1]
+        tr = template[i, j0:j1]
+        a_w = a_t = a_ww = a_tt = a_wt = np.float32(0.0)
+        for j in range(j1 - j0):
+            v = wr[j]
+            u = tr[j]
+            a_w += v
+            a_t += u
+            a_ww += v * v
+            a_tt += u * u
+            a_wt += v * u
+        sw, st, sww, stt, swt = sw + a_w, st + a_t, sww + a_ww, stt + a_tt, swt + a_wt
+    return sw, st, sww, stt, swt
+
+
+@numba.njit(cache=True, nogil=True, fastmath=_LK_FASTMATH, inline="always")
+def _sum_abs_residual(frame, template, i0, i1, j0, j1, gain, frame_mean, template_mean):
+    """``sum |e|`` over the rectangle with ``e = gain (W - frame_mean) - (T - template_mean)`` (float32 inputs)."""
+    sae = 0.0
+    for i in range(i0, i1):
+        wr = frame[i, j0:j1]
+        tr = template[i, j0:j1]
+        a = np.float32(0.0)
+        for j in range(j1 - j0):
+            a += abs(gain * (wr[j] - frame_mean) - (tr[j] - template_mean))
+        sae += a
+    return sae
+
+
+@numba.njit(cache=True, nogil=True, fastmath=_LK_FASTMATH, inline="always")
+def _gauss_newton_sums(frame, template, gy, gx, i0, i1, j0, j1, gain, frame_mean, template_mean,
+                       robust, inv_c2):
+    """Weighted Gauss-Newton sums over the rectangle: ``(b_y, b_x, h_yy, h_xx, h_xy)``.
+
+    ``b = sum w g e`` and ``h = sum w g g'`` with ``g = (gy, gx)`` the template's gradient,
+    ``e = gain (W - frame_mean) - (T - template_mean)`` and, with ``robust``, the Cauchy weight
+    ``w = 1 / (1 + e**2 inv_c2)`` (else ``w = 1``).
+    """
+    by = bx = hyy = hxx = hxy = 0.0
+    for i in range(i0, i1):
+        wr = frame[i, j0:j1]
+        tr = template[i, j0:j1]
+        ga = gy[i, j0:j1]
+        gb = gx[i, j0:j1]
+        a_by = a_bx = a_yy = a_xx = a_xy = np.float32(0.0)
+        for j in range(j1 - j0):
+            e = gain * (wr[j] - frame_mean) - (tr[j] - template_mean)
+            wt = np.float32(1.0) / (np.float32(1.0) + e * e * inv_c2) if robust else np.float32(1.0)
+            a = ga[j]
+            b = gb[j]
+            a_by += wt * a * e
+            a_bx += wt * b * e
+            a_yy += wt * a * a
+            a_xx += wt * b * b
+            a_xy += wt * a * b
+        by, bx, hyy, hxx, hxy = by + a_by, bx + a_bx, hyy + a_yy, hxx + a_xx, hxy + a_xy
+    return by, bx, hyy, hxx, hxy
+
+
+@numba.njit(cache=True, parallel=True, nogil=True, fastmath=_LK_FASTMATH, inline="always")
 def _lk_sums(warped, template, gy, gx, rects, robust, out):
     """Per frame: normalised correlation with the template and the Gauss-Newton system.
 
@@ -131,40 +200,17 @@ def _lk_sums(warped, template, gy, gx, rects, robust, out):
     ``e = gain (W - mean W) - (T - mean T)``; with ``robust`` each pixel is weighted by the
     Cauchy weight ``1 / (1 + e**2 / c**2)``, ``c = CAUCHY_SCALE_PER_MEAN_ABS_ERROR mean|e|``.
     ``out[n] = (ncc, b_y, b_x, h_yy, h_xx, h_xy, count)`` with ``b = sum w g e``, ``h = sum w g g'``.
-    Branch-free loops over rows of the rectangle (reassociated float sums, so they vectorise).
     """
-    n = warped.shape[0]
-    for t in numba.prange(n):
+    for t in numba.prange(warped.shape[0]):
         i0, i1, j0, j1 = rects[t, 0], rects[t, 1], rects[t, 2], rects[t, 3]
         cnt = float(max(i1 - i0, 0) * max(j1 - j0, 0))
+        out[t, 6] = cnt
         if cnt < 2:
             for k in range(6):
                 out[t, k] = 0.0
             out[t, 0] = np.nan
-            out[t, 6] = cnt
             continue
-        sw = st = sww = stt = swt = 0.0
-        for i in range(i0, i1):
-            wr = warped[t, i, j0:j1]
-            tr = template[i, j0:j1]
-            a_w = np.float32(0.0)
-            a_t = np.float32(0.0)
-            a_ww = np.float32(0.0)
-            a_tt = np.float32(0.0)
-            a_wt = np.float32(0.0)
-            for j in range(j1 - j0):
-                v = wr[j]
-                u = tr[j]
-                a_w += v
-                a_t += u
-                a_ww += v * v
-                a_tt += u * u
-                a_wt += v * u
-            sw += a_w
-            st += a_t
-            sww += a_ww
-            stt += a_tt
-            swt += a_wt
+        sw, st, sww, stt, swt = _rect_moments(warped[t], template, i0, i1, j0, j1)
         mw = sw / cnt
         mt = st / cnt
         vw = max(sww - cnt * mw * mw, 0.0)
@@ -176,48 +222,16 @@ def _lk_sums(warped, template, gy, gx, rects, robust, out):
         fmt = np.float32(mt)
         inv_c2 = np.float32(0.0)
         if robust:
-            sae = 0.0
-            for i in range(i0, i1):
-                wr = warped[t, i, j0:j1]
-                tr = template[i, j0:j1]
-                a = np.float32(0.0)
-                for j in range(j1 - j0):
-                    a += abs(gain * (wr[j] - fmw) - (tr[j] - fmt))
-                sae += a
+            sae = _sum_abs_residual(warped[t], template, i0, i1, j0, j1, gain, fmw, fmt)
             c = CAUCHY_SCALE_PER_MEAN_ABS_ERROR * sae / cnt
             inv_c2 = np.float32(1.0 / (c * c) if c > 0 else 1e24)
-        by = bx = hyy = hxx = hxy = 0.0
-        for i in range(i0, i1):
-            wr = warped[t, i, j0:j1]
-            tr = template[i, j0:j1]
-            ga = gy[i, j0:j1]
-            gb = gx[i, j0:j1]
-            a_by = np.float32(0.0)
-            a_bx = np.float32(0.0)
-            a_yy = np.float32(0.0)
-            a_xx = np.float32(0.0)
-            a_xy = np.float32(0.0)
-            for j in range(j1 - j0):
-                e = gain * (wr[j] - fmw) - (tr[j] - fmt)
-                wt = np.float32(1.0) / (np.float32(1.0) + e * e * inv_c2) if robust else np.float32(1.0)
-                a = ga[j]
-                b = gb[j]
-                a_by += wt * a * e
-                a_bx += wt * b * e
-                a_yy += wt * a * a
-                a_xx += wt * b * b
-                a_xy += wt * a * b
-            by += a_by
-            bx += a_bx
-            hyy += a_yy
-            hxx += a_xx
-            hxy += a_xy
+        by, bx, hyy, hxx, hxy = _gauss_newton_sums(warped[t], template, gy, gx, i0, i1, j0, j1, gain, fmw, fmt,
+                                                   robust, inv_c2)
         out[t, 1] = by
         out[t, 2] = bx
         out[t, 3] = hyy
         out[t, 4] = hxx
         out[t, 5] = hxy
-        out[t, 6] = cnt
     return out
 
 
@@ -454,6 +468,50 @@ def _nonfinite_frames_error(name: str, movie, chunk_frames: int) -> InputError:
     return InputError(f"{name}: {len(bad)} frame(s) contain NaN or infinite values (0-based): {frame_ranges(bad)}")
 
 
+def _match_movie(movie, maker: ReferenceMaker, matcher: TemplateMatcher, chunk_frames: int, name: str,
+                 progress=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Match every frame's reference image to the template, ``chunk_frames`` frames at a time.
+
+    Returns
+    -------
+    shifts : ndarray (T, 2) float64
+        ``(dy, dx)`` px per frame (before outlier repair and re-centring).
+    quality : ndarray (T,) float64
+        Normalised correlation with the template after alignment.
+    at_bound : ndarray (T,) bool
+        The correlation peak lies on the search bound.
+
+    Raises
+    ------
+    InputError
+        A chunk holds NaN or infinite values (all such frames are named).
+    """
+    T = int(movie.shape[0])
+    shifts = np.zeros((T, 2))
+    quality = np.zeros(T)
+    bound = np.zeros(T, dtype=bool)
+    for a in range(0, T, chunk_frames):
+        b = min(T, a + chunk_frames)
+        frames = read_frames(movie, slice(a, b))
+        if not np.all(np.isfinite(frames)):
+            raise _nonfinite_frames_error(name, movie, chunk_frames)
+        shifts[a:b], quality[a:b], bound[a:b] = matcher.match(maker(frames))
+        if progress is not None:
+            progress.update(b - a)
+    return shifts, quality, bound
+
+
+def _check_outliers(outliers: np.ndarray, name: str, reference: str) -> None:
+    """Fail when no frame matched the template; log the frames whose shift was interpolated."""
+    if np.all(outliers):
+        raise InputError(f"{name}: no frame matched the motion template (reference "
+                         f"'{reference}'); is the movie blank, or try reference_projection_rigid="
+                         f"'{'neuron' if reference == 'BV' else 'BV'}'")
+    if np.any(outliers):
+        log.info("%s: %d frame(s) with unreliable registration got interpolated shifts "
+                 "(first: %s)", name, int(outliers.sum()), np.nonzero(outliers)[0][:10].tolist())
+
+
 def estimate_rigid_motion(movie, options: MotionOptions | None = None, *, progress=None, name: str = "movie",
                           keep_sample: bool = False) -> RigidMotion:
     """Estimate per-frame rigid motion of a movie.
@@ -496,26 +554,10 @@ def estimate_rigid_motion(movie, options: MotionOptions | None = None, *, progre
         sample = None
     template = _build_template(refs, max_shift, o.template_iterations, min_quality_ratio)
     del refs
-    matcher = TemplateMatcher(template, max_shift)
-    shifts = np.zeros((T, 2))
-    quality = np.zeros(T)
-    bound = np.zeros(T, dtype=bool)
-    for a in range(0, T, chunk_frames):
-        b = min(T, a + chunk_frames)
-        frames = read_frames(movie, slice(a, b))
-        if not np.all(np.isfinite(frames)):
-            raise _nonfinite_frames_error(name, movie, chunk_frames)
-        shifts[a:b], quality[a:b], bound[a:b] = matcher.match(maker(frames))
-        if progress is not None:
-            progress.update(b - a)
+    shifts, quality, bound = _match_movie(movie, maker, TemplateMatcher(template, max_shift), chunk_frames,
+                                          name, progress)
     shifts, outliers = repair_outliers(shifts, quality, bound, min_quality_ratio)
-    if np.all(outliers):
-        raise InputError(f"{name}: no frame matched the motion template (reference "
-                         f"'{reference}'); is the movie blank, or try reference_projection_rigid="
-                         f"'{'neuron' if reference == 'BV' else 'BV'}'")
-    if np.any(outliers):
-        log.info("%s: %d frame(s) with unreliable registration got interpolated shifts "
-                 "(first: %s)", name, int(outliers.sum()), np.nonzero(outliers)[0][:10].tolist())
+    _check_outliers(outliers, name, reference)
     offset = np.median(shifts, axis=0)
     shifts = shifts - offset
     return RigidMotion(shifts=shifts, quality=quality, outliers=outliers, template=template,

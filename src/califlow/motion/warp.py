@@ -30,6 +30,70 @@ def _cubic_weights(f, w):
     w[3] = 1.0 - w[0] - w[1] - w[2]
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _tap_weights(frac, order):
+    """Interpolation weights, float32 (4,), of the taps at -1, 0, 1, 2 (cubic) or 0, 1 (linear, rest 0)
+    for the sub-pixel fraction ``frac`` in [0, 1)."""
+    weights = np.zeros(4, dtype=np.float32)
+    if order == 3:
+        wtmp = np.empty(4)
+        _cubic_weights(frac, wtmp)
+        for k in range(4):
+            weights[k] = wtmp[k]
+    else:
+        weights[0] = 1.0 - frac
+        weights[1] = frac
+    return weights
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _vertical_taps(frame, base_y, wy, ntap, tmp):
+    """``tmp[c] = sum_k wy[k] frame[base_y + k, c]`` over every column (rows clamped to the frame)."""
+    H, W = frame.shape
+    r0 = frame[min(max(base_y, 0), H - 1)]
+    w0 = wy[0]
+    for c in range(W):
+        tmp[c] = w0 * r0[c]
+    for k in range(1, ntap):
+        rk = frame[min(max(base_y + k, 0), H - 1)]
+        wk = wy[k]
+        for c in range(W):
+            tmp[c] += wk * rk[c]
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _clamped_horizontal_taps(orow, tmp, wx, ntap, base0, j_from, j_to):
+    """``orow[j] = sum_k wx[k] tmp[base0 + j + k]`` for ``j`` in ``[j_from, j_to)``, columns clamped to the row."""
+    W = tmp.shape[0]
+    for j in range(j_from, j_to):
+        acc = np.float32(0.0)
+        for k in range(ntap):
+            acc += wx[k] * tmp[min(max(base0 + j + k, 0), W - 1)]
+        orow[j] = acc
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _interior_horizontal_taps(orow, tmp, wx, ntap, base0, k_lo, k_hi):
+    """``orow[j] = sum_k wx[k] tmp[base0 + j + k]`` for ``j`` in ``[k_lo, k_hi)``, all taps inside the row.
+
+    Slices indexed from 0 (no negative-index wraparound in the loop, so it vectorises).
+    """
+    m = k_hi - k_lo
+    ov = orow[k_lo:k_hi]
+    t0 = tmp[base0 + k_lo:base0 + k_hi]
+    t1 = tmp[base0 + k_lo + 1:base0 + k_hi + 1]
+    if ntap == 4:
+        t2 = tmp[base0 + k_lo + 2:base0 + k_hi + 2]
+        t3 = tmp[base0 + k_lo + 3:base0 + k_hi + 3]
+        a0, a1, a2, a3 = wx[0], wx[1], wx[2], wx[3]
+        for j in range(m):
+            ov[j] = a0 * t0[j] + a1 * t1[j] + a2 * t2[j] + a3 * t3[j]
+    else:
+        a0, a1 = wx[0], wx[1]
+        for j in range(m):
+            ov[j] = a0 * t0[j] + a1 * t1[j]
+
+
 @numba.njit(cache=True, parallel=True, nogil=True)
 def _translate_kernel(movie, shifts, y0, x0, order, fill, out):
     # Separable: per output row, the vertical taps (rows clamped to the frame, as scalars) are
@@ -45,23 +109,8 @@ def _translate_kernel(movie, shifts, y0, x0, order, fill, out):
         dx = shifts[t, 1]
         fy = math.floor(dy)
         fx = math.floor(dx)
-        ry = dy - fy
-        rx = dx - fx
-        wy = np.zeros(4, dtype=np.float32)
-        wx = np.zeros(4, dtype=np.float32)
-        wtmp = np.empty(4)
-        if order == 3:
-            _cubic_weights(ry, wtmp)
-            for k in range(4):
-                wy[k] = wtmp[k]
-            _cubic_weights(rx, wtmp)
-            for k in range(4):
-                wx[k] = wtmp[k]
-        else:
-            wy[0] = 1.0 - ry
-            wy[1] = ry
-            wx[0] = 1.0 - rx
-            wx[1] = rx
+        wy = _tap_weights(dy - fy, order)
+        wx = _tap_weights(dx - fx, order)
         # output columns whose sample lies inside the frame: x0 + j + dx in [0, W - 1]
         j_lo = max(0, min(w, int(math.ceil(-1e-6 - x0 - dx))))
         j_hi = max(j_lo, min(w, int(math.floor(W - 1 + 1e-6 - x0 - dx)) + 1))
@@ -77,45 +126,14 @@ def _translate_kernel(movie, shifts, y0, x0, order, fill, out):
                 for j in range(w):
                     orow[j] = fill
                 continue
-            base_y = y0 + i + fy - off
-            r0 = movie[t, min(max(base_y, 0), H - 1)]
-            w0 = wy[0]
-            for c in range(W):
-                tmp[c] = w0 * r0[c]
-            for k in range(1, ntap):
-                rk = movie[t, min(max(base_y + k, 0), H - 1)]
-                wk = wy[k]
-                for c in range(W):
-                    tmp[c] += wk * rk[c]
+            _vertical_taps(movie[t], y0 + i + fy - off, wy, ntap, tmp)
             for j in range(0, j_lo):
                 orow[j] = fill
             for j in range(j_hi, w):
                 orow[j] = fill
-            for j in range(j_lo, k_lo):
-                acc = np.float32(0.0)
-                for k in range(ntap):
-                    acc += wx[k] * tmp[min(max(base0 + j + k, 0), W - 1)]
-                orow[j] = acc
-            for j in range(k_hi, j_hi):
-                acc = np.float32(0.0)
-                for k in range(ntap):
-                    acc += wx[k] * tmp[min(max(base0 + j + k, 0), W - 1)]
-                orow[j] = acc
-            # slices indexed from 0 (no negative-index wraparound in the loop, so it vectorises)
-            m = k_hi - k_lo
-            ov = orow[k_lo:k_hi]
-            t0 = tmp[base0 + k_lo:base0 + k_hi]
-            t1 = tmp[base0 + k_lo + 1:base0 + k_hi + 1]
-            if ntap == 4:
-                t2 = tmp[base0 + k_lo + 2:base0 + k_hi + 2]
-                t3 = tmp[base0 + k_lo + 3:base0 + k_hi + 3]
-                a0, a1, a2, a3 = wx[0], wx[1], wx[2], wx[3]
-                for j in range(m):
-                    ov[j] = a0 * t0[j] + a1 * t1[j] + a2 * t2[j] + a3 * t3[j]
-            else:
-                a0, a1 = wx[0], wx[1]
-                for j in range(m):
-                    ov[j] = a0 * t0[j] + a1 * t1[j]
+            _clamped_horizontal_taps(orow, tmp, wx, ntap, base0, j_lo, k_lo)
+            _clamped_horizontal_taps(orow, tmp, wx, ntap, base0, k_hi, j_hi)
+            _interior_horizontal_taps(orow, tmp, wx, ntap, base0, k_lo, k_hi)
     return out
 
 

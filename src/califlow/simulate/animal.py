@@ -303,17 +303,58 @@ def simulate_animal(config: SimulationConfig, seed: int = 0) -> SimulatedAnimal:
     if int(seed) < 0:
         raise ConfigError(f"simulate_animal: seed={seed} must be >= 0")
     c = config
-    h, w, k, n_s = c.height, c.width, c.n_neurons, c.n_sessions
-    t_s = c.frames_per_session
-    total = n_s * t_s
-    bounds = np.arange(n_s + 1, dtype=np.int64) * t_s
+    h, w, n_s = c.height, c.width, c.n_sessions
+    bounds = np.arange(n_s + 1, dtype=np.int64) * c.frames_per_session
+    motion, wob_coef, wob_basis, margin, pad = _draw_motion(c, seed, bounds)
+    anat = _draw_anatomy(c, seed, pad)
+    rates, amps, tau_r, tau_d = _draw_kinetics(c, seed)
+    active, spikes, calcium = _draw_activity(c, seed, bounds, rates, amps, tau_r, tau_d)
+    glob, pulse, loc_courses, bright, contrast = _draw_background(c, seed, bounds)
+    translations, disps, maps = _draw_geometry(c, seed, margin)
+    state = dict(pad=pad, margin=margin, centers=anat["centers"], patches=anat["patches"],
+                 vessels_ref=anat["vessels_ref"], tissue_ref=anat["tissue_ref"], loc_centers=anat["loc_centers"],
+                 loc_sigma=anat["loc_sigma"], disps=disps, bright=bright, contrast=contrast, global_=glob,
+                 local_courses=loc_courses, pulse=pulse)
+    state["global"] = glob
+    centers_ref, ref_csr = _reference_footprints(state, (h, w), margin, c.halo_sigma)
+    gt = GroundTruth(
+        shape=(h, w), fps=float(c.fps), seed=int(seed), config=c.to_dict(), footprint_source=anat["source_used"],
+        centers_ref=centers_ref, footprints_ref_sparse=ref_csr,
+        footprints_sparse=sp.csr_matrix((n_s * c.n_neurons, h * w), dtype=np.float32),
+        C=calcium, S=spikes, tau_rise=tau_r, tau_decay=tau_d, active=active, session_bounds=bounds,
+        motion_concat=motion, translations=translations, maps=maps,
+        vessels=anat["vessels_ref"][pad:pad + h, pad:pad + w].copy(),
+        vessels_session=np.zeros((n_s, h, w), np.float32), baseline_session=np.zeros((n_s, h, w), np.float32),
+        illumination=anat["illum"], wobble_basis=wob_basis, wobble_coef=wob_coef,
+        extra={"rates_hz": rates.tolist(), "amplitudes": amps.tolist(), "margin": margin, "pad": pad})
+    animal = SimulatedAnimal(c, seed, gt, state)
+    _session_ground_truth_images(animal)
+    return animal
 
-    # --- motion first: it fixes the canvas margins
+
+def _draw_motion(c: SimulationConfig, seed: int, bounds: np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, int]:
+    """Rigid motion and the wobble of every frame; they fix the canvas margins.
+
+    Returns
+    -------
+    motion : ndarray (T, 2) float
+        Rigid shift per frame (px), sessions concatenated.
+    wob_coef : float32 (T, n_wob)
+        Wobble coefficients per frame (``n_wob`` = 0 without wobble).
+    wob_basis : float32 (n_sessions, n_wob, 2, h, w)
+        Smooth displacement fields (px) per session.
+    margin : int
+        Canvas margin (px) covering the largest motion plus wobble.
+    pad : int
+        Reference-anatomy margin (px): ``margin`` plus the inter-session translation and deformation.
+    """
+    h, w, n_s, t_s = c.height, c.width, c.n_sessions, c.frames_per_session
     motion = np.concatenate([activity.rigid_motion(t_s, std=c.motion_std, phi=c.motion_phi, n_jumps=c.n_jumps,
                                                    jump_max=c.jump_max, rng=_rng(seed, _T_MOTION, s))
                              for s in range(n_s)])
     n_wob = _WOBBLE_FIELDS if c.wobble > 0 else 0
-    wob_coef = np.zeros((total, n_wob), np.float32)
+    wob_coef = np.zeros((n_s * t_s, n_wob), np.float32)
     wob_basis = np.zeros((n_s, n_wob, 2, h, w), np.float32)
     if n_wob:
         for s in range(n_s):
@@ -324,8 +365,18 @@ def simulate_animal(config: SimulationConfig, seed: int = 0) -> SimulatedAnimal:
                 wob_basis[s, j] = anatomy.smooth_displacement((h, w), c.wobble_scale, 1.0, r)
     margin = int(np.ceil(np.abs(motion).max() + (np.abs(wob_coef).sum(axis=1).max() if n_wob else 0) + 4))
     pad = margin + int(np.ceil(c.translation + c.deformation + 4))
+    return motion, wob_coef, wob_basis, margin, pad
 
-    # --- reference anatomy
+
+def _draw_anatomy(c: SimulationConfig, seed: int, pad: int) -> dict:
+    """The reference anatomy, on a canvas ``pad`` px larger than the field of view on each side.
+
+    Returns a dict: ``centers`` (k, 2) px, ``patches`` and ``source_used`` (footprint shapes and
+    their source), ``vessels_ref`` and ``tissue_ref`` float32 (h + 2 pad, w + 2 pad),
+    ``illum`` float32 (h, w) (vignetting), ``loc_centers`` (n_local, 2) px and ``loc_sigma``
+    (n_local,) px of the local background sources.
+    """
+    h, w, k = c.height, c.width, c.n_neurons
     centers = anatomy.place_centers(k, h, w, margin=c.edge_margin, min_spacing=c.min_spacing,
                                     rng=_rng(seed, _T_CENTERS))
     patches, source_used = anatomy.footprint_patches(
@@ -343,21 +394,44 @@ def simulate_animal(config: SimulationConfig, seed: int = 0) -> SimulatedAnimal:
     n_loc = c.n_local_sources
     loc_centers = r_loc.uniform([-0.1 * h, -0.1 * w], [1.1 * h, 1.1 * w], (n_loc, 2))
     loc_sigma = c.local_sigma * r_loc.uniform(0.7, 1.3, n_loc)
+    return dict(centers=centers, patches=patches, source_used=source_used, vessels_ref=vessels_ref,
+                tissue_ref=tissue_ref, illum=illum, loc_centers=loc_centers, loc_sigma=loc_sigma)
 
-    # --- activity
+
+def _draw_kinetics(c: SimulationConfig, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per neuron (k,): firing rate (Hz), spike amplitude, rise and decay time constants (s, float32;
+    rise at most 0.8 decay)."""
+    k = c.n_neurons
     r_rate = _rng(seed, _T_RATES)
     rates = np.clip(c.rate_hz * np.exp(c.rate_spread * r_rate.standard_normal(k)), c.rate_min_hz, c.rate_max_hz)
     amps = c.amplitude * np.exp(c.amplitude_spread * r_rate.standard_normal(k))
     tau_r = (c.tau_rise * np.clip(1 + c.tau_jitter * r_rate.standard_normal(k), 0.5, 1.5)).astype(np.float32)
     tau_d = (c.tau_decay * np.clip(1 + c.tau_jitter * r_rate.standard_normal(k), 0.5, 1.5)).astype(np.float32)
     tau_r = np.minimum(tau_r, 0.8 * tau_d)
+    return rates, amps, tau_r, tau_d
+
+
+def _draw_activity(c: SimulationConfig, seed: int, bounds: np.ndarray, rates: np.ndarray, amps: np.ndarray,
+                   tau_r: np.ndarray, tau_d: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Which neurons are active in which session (turnover), their spikes and calcium.
+
+    Every neuron is active in its own session (neurons are dealt round-robin over the sessions)
+    and in each other one with probability ``overlap``; every active neuron fires at least once.
+
+    Returns
+    -------
+    active : bool (k, n_sessions)
+    spikes, calcium : float32 (k, T)
+        Sessions concatenated (spike amplitudes and calcium in the units of ``amplitude``).
+    """
+    k, n_s, t_s = c.n_neurons, c.n_sessions, c.frames_per_session
     r_turn = _rng(seed, _T_TURNOVER)
     own = np.empty(k, np.int64)
     own[r_turn.permutation(k)] = np.arange(k) % n_s
     active = r_turn.random((k, n_s)) < c.overlap
     active[np.arange(k), own] = True
-    spikes = np.zeros((k, total), np.float32)
-    calcium = np.zeros((k, total), np.float32)
+    spikes = np.zeros((k, n_s * t_s), np.float32)
+    calcium = np.zeros((k, n_s * t_s), np.float32)
     for s in range(n_s):
         r_sp = _rng(seed, _T_SPIKES, s)
         sp_s = activity.spike_trains(k, t_s, c.fps, rate_hz=rates, amplitude=amps, event_jitter=c.event_jitter,
@@ -369,12 +443,27 @@ def simulate_animal(config: SimulationConfig, seed: int = 0) -> SimulatedAnimal:
         sp_s[~active[:, s]] = 0
         spikes[:, bounds[s]:bounds[s + 1]] = sp_s
         calcium[:, bounds[s]:bounds[s + 1]] = activity.calcium_traces(sp_s, tau_r, tau_d, c.fps)
+    return active, spikes, calcium
 
-    # --- background courses (concatenated over sessions)
+
+def _draw_background(c: SimulationConfig, seed: int, bounds: np.ndarray
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Background time courses (sessions concatenated) and per-session brightness and vessel contrast.
+
+    Returns
+    -------
+    glob, pulse : float32 (T,)
+        Global fluctuation and vessel pulsation.
+    loc_courses : float32 (n_local, T)
+        Local background sources.
+    bright, contrast : ndarray (n_sessions,)
+        Baseline brightness factor and vessel contrast of each session (session 0: 1 and ``vessels``).
+    """
+    n_s, t_s, n_loc = c.n_sessions, c.frames_per_session, c.n_local_sources
     real_global, real_vessel = _real_background_courses(c)
-    glob = np.zeros(total, np.float32)
-    pulse = np.zeros(total, np.float32)
-    loc_courses = np.zeros((n_loc, total), np.float32)
+    glob = np.zeros(n_s * t_s, np.float32)
+    pulse = np.zeros(n_s * t_s, np.float32)
+    loc_courses = np.zeros((n_loc, n_s * t_s), np.float32)
     bright = np.ones(n_s)
     contrast = np.full(n_s, c.vessels)
     for s in range(n_s):
@@ -388,8 +477,22 @@ def simulate_animal(config: SimulationConfig, seed: int = 0) -> SimulatedAnimal:
         if s > 0:
             bright[s] = 1 + c.session_baseline_change * r_ses.standard_normal()
             contrast[s] = np.clip(c.vessels * (1 + c.session_vessel_change * r_ses.standard_normal()), 0, 1)
+    return glob, pulse, loc_courses, bright, contrast
 
-    # --- inter-session geometry
+
+def _draw_geometry(c: SimulationConfig, seed: int, margin: int) -> tuple[np.ndarray, list, np.ndarray]:
+    """Inter-session geometry: session 0 is the reference.
+
+    Returns
+    -------
+    translations : float32 (n_sessions, 2)
+        Rigid translation (px) of each session.
+    disps : list of float32 (2, h + 2 margin, w + 2 margin)
+        Smooth deformation (px) of each session on the canvas.
+    maps : float32 (n_sessions, 2, h, w)
+        Where each field-of-view pixel of the reference lies in the session (px, ``(y, x)``).
+    """
+    h, w, n_s = c.height, c.width, c.n_sessions
     canvas_shape = (h + 2 * margin, w + 2 * margin)
     translations = np.zeros((n_s, 2), np.float32)
     disps = []
@@ -406,54 +509,59 @@ def simulate_animal(config: SimulationConfig, seed: int = 0) -> SimulatedAnimal:
     maps = np.empty((n_s, 2, h, w), np.float32)
     for s in range(n_s):
         maps[s] = _forward_map(yy, xx, translations[s], disps[s], margin)
+    return translations, disps, maps
 
-    state = dict(pad=pad, margin=margin, centers=centers, patches=patches, vessels_ref=vessels_ref,
-                 tissue_ref=tissue_ref, loc_centers=loc_centers, loc_sigma=loc_sigma, disps=disps,
-                 bright=bright, contrast=contrast, global_=glob, local_courses=loc_courses, pulse=pulse)
-    state["global"] = glob
 
-    # reference footprints (shape only); centroids from the uncropped canvas (exact even at the FOV edge)
-    ref_canvas = sp.csr_matrix(_neuron_matrix(state, (h, w), translation=np.zeros(2, np.float32),
-                                              disp=np.zeros((2, h + 2 * margin, w + 2 * margin), np.float32),
-                                              margin=margin, halo=0.0, halo_sigma=c.halo_sigma,
-                                              crop_to_fov=False).T)
+def _reference_footprints(state: dict, fov: tuple[int, int], margin: int, halo_sigma: float
+                          ) -> tuple[np.ndarray, sp.csr_matrix]:
+    """Reference footprints (shape only) and their centroids.
+
+    Centroids come from the uncropped canvas (exact even at the edge of the field of view).
+
+    Returns
+    -------
+    centers_ref : ndarray (k, 2)
+        Centroid ``(y, x)`` of each footprint, px in the field of view.
+    ref_csr : csr_matrix (k, h * w)
+        The footprints cropped to the field of view.
+    """
+    h, w = fov
     hc, wc = h + 2 * margin, w + 2 * margin
+    ref_canvas = sp.csr_matrix(_neuron_matrix(state, (h, w), translation=np.zeros(2, np.float32),
+                                              disp=np.zeros((2, hc, wc), np.float32),
+                                              margin=margin, halo=0.0, halo_sigma=halo_sigma,
+                                              crop_to_fov=False).T)
     mass = np.asarray(ref_canvas.sum(axis=1)).ravel()
     flat_y = np.repeat(np.arange(hc, dtype=np.float64) - margin, wc)
     flat_x = np.tile(np.arange(wc, dtype=np.float64) - margin, hc)
     centers_ref = np.stack([ref_canvas @ flat_y, ref_canvas @ flat_x], axis=1) / np.maximum(mass, 1e-12)[:, None]
     fov_idx = ((np.arange(h)[:, None] + margin) * wc + (np.arange(w)[None, :] + margin)).ravel()
-    ref_csr = ref_canvas[:, fov_idx].tocsr()
+    return centers_ref, ref_canvas[:, fov_idx].tocsr()
 
-    vessels_fov = vessels_ref[pad:pad + h, pad:pad + w].copy()
-    gt = GroundTruth(
-        shape=(h, w), fps=float(c.fps), seed=int(seed), config=c.to_dict(), footprint_source=source_used,
-        centers_ref=centers_ref, footprints_ref_sparse=ref_csr,
-        footprints_sparse=sp.csr_matrix((n_s * k, h * w), dtype=np.float32),
-        C=calcium, S=spikes, tau_rise=tau_r, tau_decay=tau_d, active=active, session_bounds=bounds,
-        motion_concat=motion, translations=translations, maps=maps, vessels=vessels_fov,
-        vessels_session=np.zeros((n_s, h, w), np.float32), baseline_session=np.zeros((n_s, h, w), np.float32),
-        illumination=illum, wobble_basis=wob_basis, wobble_coef=wob_coef,
-        extra={"rates_hz": rates.tolist(), "amplitudes": amps.tolist(), "margin": margin, "pad": pad})
-    animal = SimulatedAnimal(c, seed, gt, state)
-    # per-session ground-truth images
+
+def _session_ground_truth_images(animal: SimulatedAnimal) -> None:
+    """Fill the per-session ground truth of ``animal`` in place: baseline, vessel image and footprints
+    (as each session sees them: illumination and vessel shading applied) of every session, and the
+    illumination of every session in the reference frame (``state['aligned_illum']``)."""
+    gt, state, c = animal.ground_truth, animal._state, animal.config
+    (h, w), margin, n_s = gt.shape, state["margin"], c.n_sessions
+    illum, translations, maps, disps = gt.illumination, gt.translations, gt.maps, state["disps"]
+    fov = (slice(margin, margin + h), slice(margin, margin + w))
     fps_rows = []
     aligned_illum = np.empty((n_s, h, w), np.float32)
     for s in range(n_s):
         ses = animal._session(s)
-        fov = (slice(margin, margin + h), slice(margin, margin + w))
-        s0 = ses.s0.reshape(canvas_shape)
-        gt.baseline_session[s] = illum * s0[fov]
+        gt.baseline_session[s] = illum * ses.s0.reshape(h + 2 * margin, w + 2 * margin)[fov]
         py, px = _session_inverse_grid(translations[s], disps[s], margin)
-        gt.vessels_session[s] = cv2.remap(vessels_ref, px + pad, py + pad, cv2.INTER_LINEAR)[fov]
+        gt.vessels_session[s] = cv2.remap(state["vessels_ref"], px + state["pad"], py + state["pad"],
+                                          cv2.INTER_LINEAR)[fov]
         soma = _neuron_matrix(state, (h, w), translation=translations[s], disp=disps[s], margin=margin,
                               halo=0.0, halo_sigma=c.halo_sigma, crop_to_fov=True)
-        trans = (1 - contrast[s] * gt.vessels_session[s]).ravel()
+        trans = (1 - state["contrast"][s] * gt.vessels_session[s]).ravel()
         fps_rows.append(sp.csr_matrix(soma.multiply((illum.ravel() * trans)[:, None]).T))
         aligned_illum[s] = cv2.remap(illum, maps[s, 1], maps[s, 0], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
     gt.footprints_sparse = sp.vstack(fps_rows).tocsr().astype(np.float32)
     state["aligned_illum"] = aligned_illum
-    return animal
 
 
 def _neuron_matrix(state: dict, fov: tuple[int, int], *, translation: np.ndarray, disp: np.ndarray, margin: int,
