@@ -4,7 +4,8 @@ The extraction (``cnmfe.zarr``) spans the concatenation of all sessions; this mo
 it back by the sessions' frame ranges (``sessions`` attrs: name, start, stop, fps) and
 writes, for every session, files other tools read. Cell ``k`` has the same id (and the same
 Inscopix name ``C{k:03d}``) in every session, so the exports carry the cross-session
-tracking.
+tracking.  A neuron inactive in a session (``active`` flags of ``cnmfe.zarr``) has no events
+and no deconvolved activity there (S exported as 0); its raw trace is exported as measured.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import pandas as pd
 from califlow.io.start_time import parse_start
 from califlow.io.store import atomic_output, open_group
 
-__all__ = ["SessionSlice", "session_slices", "events_table", "trace_table", "cell_names",
+__all__ = ["SessionSlice", "session_slices", "active_spikes", "events_table", "trace_table", "cell_names",
            "load_extraction", "export_session", "write_events_csv", "event_mask"]
 
 log = logging.getLogger("califlow")
@@ -63,7 +64,24 @@ def event_mask(S: np.ndarray, threshold: float = 0.0) -> np.ndarray:
     return (S > 0) & (threshold <= S)
 
 
-def events_table(S: np.ndarray, sessions: Sequence[SessionSlice], threshold: float = 0.0) -> pd.DataFrame:
+def active_spikes(S: np.ndarray, sessions: Sequence[SessionSlice], active: np.ndarray | None) -> np.ndarray:
+    """``S`` (K, T) with each cell's frames set to 0 in the sessions where ``active`` (K, n_sessions) is False.
+
+    ``active`` None (an extraction without flags) returns ``S`` itself.
+    """
+    if active is None:
+        return S
+    active = np.asarray(active, bool)
+    if active.shape != (S.shape[0], len(sessions)):
+        raise ValueError(f"active flags have shape {active.shape}, expected {(S.shape[0], len(sessions))}")
+    out = np.array(S, copy=True)
+    for j, s in enumerate(sessions):
+        out[~active[:, j], s.start:s.stop] = 0
+    return out
+
+
+def events_table(S: np.ndarray, sessions: Sequence[SessionSlice], threshold: float = 0.0,
+                 active: np.ndarray | None = None) -> pd.DataFrame:
     """Events (:func:`event_mask`) as a long table.
 
     Parameters
@@ -73,6 +91,8 @@ def events_table(S: np.ndarray, sessions: Sequence[SessionSlice], threshold: flo
     sessions : list of SessionSlice
     threshold : float
         Smallest event amplitude reported (noise units for CNMF-E traces).
+    active : ndarray (K, n_sessions) bool, optional
+        Per-session activity flags (``cnmfe.zarr`` ``active``): no events where False.
 
     Returns
     -------
@@ -80,6 +100,7 @@ def events_table(S: np.ndarray, sessions: Sequence[SessionSlice], threshold: flo
         Columns ``cell`` (int id), ``session``, ``frame`` (within the session), ``time_s``
         (frame / fps), ``amplitude``; sorted by session, frame, cell.
     """
+    S = active_spikes(S, sessions, active)
     frames = []
     for s in sessions:
         cells, t = np.nonzero(event_mask(S[:, s.start:s.stop], threshold))
@@ -95,9 +116,9 @@ def events_table(S: np.ndarray, sessions: Sequence[SessionSlice], threshold: flo
 
 
 def write_events_csv(S: np.ndarray, sessions: Sequence[SessionSlice], path: str | Path,
-                     threshold: float = 0.0) -> Path:
+                     threshold: float = 0.0, active: np.ndarray | None = None) -> Path:
     """Write :func:`events_table` to ``path`` atomically."""
-    table = events_table(S, sessions, threshold)
+    table = events_table(S, sessions, threshold, active)
     with atomic_output(path) as tmp:
         table.to_csv(tmp, index=False, float_format="%.6g")
     return Path(path)
@@ -116,7 +137,7 @@ def load_extraction(path: str | Path) -> dict:
     """Read ``cnmfe.zarr`` into memory-light numpy arrays (footprints and traces are small)."""
     g = open_group(path)
     out = {name: np.asarray(g[name][...]) for name in ("A", "C", "C_raw", "S") if name in g}
-    for name in ("Cn", "PNR", "b0"):
+    for name in ("Cn", "PNR", "b0", "active"):
         if name in g:
             out[name] = np.asarray(g[name][...])
     out["attrs"] = dict(g.attrs)
@@ -135,7 +156,8 @@ def export_session(extraction: dict, session: str, out_dir: str | Path, *, metad
                    event_threshold: float = 0.0, start_time: str | None = None) -> list[Path]:
     """Write one session's exports into ``out_dir``.
 
-    Files: ``traces_raw.csv`` (C_raw), ``traces.csv`` (C), ``spikes.csv`` (S); with "nwb"
+    Files: ``traces_raw.csv`` (C_raw), ``traces.csv`` (C), ``spikes.csv`` (S, 0 where the
+    extraction's ``active`` flag says the cell is inactive in the session, with no events there); with "nwb"
     ``sub-{animal}_ses-{session}_ophys.nwb`` (DANDI naming); with "isxd" ``cellset_raw.isxd``,
     ``cellset_denoised.isxd``, ``neural_events.isxd`` (IDEAS naming; cell names C000… shared by
     all sessions). ``start_time`` (ISO 8601, from the recording: :mod:`califlow.io.start_time`)
@@ -152,7 +174,8 @@ def export_session(extraction: dict, session: str, out_dir: str | Path, *, metad
     if s is None:
         raise KeyError(f"session {session!r} is not in the extraction (sessions: "
                        f"{', '.join(x.name for x in extraction['sessions'])})")
-    A, C, C_raw, S = extraction["A"], extraction["C"], extraction["C_raw"], extraction["S"]
+    A, C, C_raw = extraction["A"], extraction["C"], extraction["C_raw"]
+    S = active_spikes(extraction["S"], extraction["sessions"], extraction.get("active"))
     K = A.shape[0]
     written: list[Path] = []
     if "csv" in formats:

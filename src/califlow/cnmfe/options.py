@@ -63,6 +63,7 @@ class CnmfeOptions:
     bv_threshold: float
     min_contrast: float
     final_deconv: Mapping[str, Any]
+    session_activity: Mapping[str, float]
 
     @classmethod
     def from_resolved(cls, cfg: Mapping, *, fps: float | None = None) -> CnmfeOptions:
@@ -84,7 +85,8 @@ class CnmfeOptions:
                    circular=bool(cn["spatial_constraints"]["circular"]),
                    deconv_options=dict(cn["deconv_options"]),
                    merge_thr_spatial=tuple(float(v) for v in cn["merge_thr_spatial"]),
-                   final_deconv=dict(cn["final_deconv_options"]), **plain)
+                   final_deconv=dict(cn["final_deconv_options"]),
+                   session_activity={k: float(v) for k, v in cn["session_activity"].items()}, **plain)
 
     # ---- derived sizes (califlow.sizes) ------------------------------------------------
     @property
@@ -118,6 +120,7 @@ class CnmfeOptions:
         out["merge_thr_spatial"] = list(self.merge_thr_spatial)
         out["deconv_options"] = dict(self.deconv_options)
         out["final_deconv"] = dict(self.final_deconv)
+        out["session_activity"] = dict(self.session_activity)
         return out
 
 

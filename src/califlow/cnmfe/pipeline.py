@@ -38,7 +38,14 @@ from califlow.cnmfe.fit import Fitter
 from califlow.cnmfe.model import Model, footprint_centroids, normalize_footprints
 from califlow.cnmfe.options import CnmfeOptions
 from califlow.cnmfe.patches import Patch, PatchResult, load_patch_results, patch_grid, run_patch, save_patch_results
-from califlow.cnmfe.postprocess import final_deconvolution, remove_baseline, scale_to_noise, session_activity, snr
+from califlow.cnmfe.postprocess import (
+    final_deconvolution,
+    remove_baseline,
+    scale_to_noise,
+    session_activity,
+    silence_inactive,
+    snr,
+)
 from califlow.cnmfe.seeds import find_seeds
 from califlow.deconv.foopsi import thread_pools
 from califlow.errors import InputError
@@ -316,7 +323,9 @@ def _finish(p: Plan, model: Model, A_sessions: list[sp.csc_matrix]) -> Extractio
     A, _ = normalize_footprints(model.A)
     quality = snr(C, C_raw)
     order = np.argsort(-quality, kind="stable")
-    events, active = session_activity(C_raw, S, p.store.sessions)
+    events, active = session_activity(C_raw, S, p.store.sessions, **p.opts.session_activity)
+    # inactive sessions: no calcium and no events in the model; C_raw stays as measured
+    C, S = silence_inactive(C, active, p.store.sessions), silence_inactive(S, active, p.store.sessions)
     dense = lambda M: np.asarray(M[:, order].toarray().T.reshape(K, h, w), np.float32)  # noqa: E731
     b0 = model.b0.min(axis=0).reshape(h, w) if model.b0 is not None else np.zeros((h, w), np.float32)
     A_s = np.stack([dense(normalize_footprints(a)[0]) for a in A_sessions]) if K else \
@@ -356,8 +365,9 @@ def write_outputs(p: Plan, ex: Extraction, out_path: str | os.PathLike, cells_pa
                        cnmfe_options=p.opts.to_dict(),
                        units={"A": "peak-normalised footprints in the aligned frame",
                               "C_raw": "noise units per batch (raw trace / its noise level, slow baseline removed)",
-                              "C": "denoised calcium (final AR deconvolution), noise units",
-                              "S": "deconvolved activity, noise units"},
+                              "C": "denoised calcium (final AR deconvolution), noise units; 0 in sessions "
+                                   "where the neuron is inactive",
+                              "S": "deconvolved activity, noise units; 0 in sessions where the neuron is inactive"},
                        order="decreasing SNR", warnings=list(ex.warnings),
                        n_seeds=int(len(p.seeds)))
     if cells_path is not None:
