@@ -15,8 +15,9 @@ import time
 import numpy as np
 import pandas as pd
 import pytest
-import zarr
 from workflow_helpers import REPO, make_workdir, output_hashes, run_snakemake, snakemake_cmd
+
+from califlow.io.store import open_group
 
 pytestmark = pytest.mark.timeout(1800)
 
@@ -46,14 +47,14 @@ def test_demo_outputs_follow_the_contract(demo):
             s = a / "sessions" / session
             motion = pd.read_csv(s / "motion.csv")
             assert list(motion.columns) == ["frame", "dy", "dx"] and len(motion) == 300
-            proj = zarr.open_group(str(s / "projections.zarr"), mode="r")
+            proj = open_group(s / "projections.zarr")
             for name in ("mean", "bv", "cn", "pnr"):
                 assert proj[name].dtype == np.float32 and proj[name].ndim == 2
             assert not (s / "ingest.zarr").exists() and not (s / "enhanced.zarr").exists()  # temp()
-        aligned = zarr.open_group(str(a / "aligned.zarr"), mode="r")
+        aligned = open_group(a / "aligned.zarr")
         assert aligned["movie"].shape[0] == 300 * len(group)
         assert [x["name"] for x in aligned.attrs["sessions"]] == list(group["session"])
-        cn = zarr.open_group(str(a / "cnmfe.zarr"), mode="r")
+        cn = open_group(a / "cnmfe.zarr")
         K = cn["A"].shape[0]
         assert K >= 10 and cn["C"].shape == (K, 300 * len(group)) and cn["S"].shape == cn["C"].shape
         assert "params" in cn.attrs and "califlow_version" in cn.attrs
@@ -71,7 +72,7 @@ def test_demo_accuracy_against_ground_truth(demo):
 
     work = demo["work"]
     gt = load_ground_truth(work / "resources" / "demo" / "demo1" / "ground_truth.zarr")
-    A = zarr.open_group(str(work / "results" / "demo1" / "cnmfe.zarr"), mode="r")["A"][...]
+    A = open_group(work / "results" / "demo1" / "cnmfe.zarr")["A"][...]
     active = gt.active.any(axis=1)
     ref = gt.footprints_ref[active]
     # the aligned frame is the groupwise mean frame, cropped: register before matching
@@ -227,7 +228,7 @@ def test_a_gsig_far_from_the_data_is_loud_and_harmless(demo, tmp_path):
     run_snakemake(work, "--report", "report.html")
     assert message.split(": ", 1)[1] in (work / "report.html").read_text()
     gt = load_ground_truth(work / "resources" / "demo" / "demo1" / "ground_truth.zarr")
-    A = zarr.open_group(str(work / "results" / "demo1" / "cnmfe.zarr"), mode="r")["A"][...]
+    A = open_group(work / "results" / "demo1" / "cnmfe.zarr")["A"][...]
     ref = gt.footprints_ref[gt.active.any(axis=1)]
     m = match_neurons(ref, _fit(A, ref.shape[1:]), register=True)
     assert m.recall >= 0.8 and m.precision >= 0.8, (m.precision, m.recall)

@@ -48,9 +48,9 @@ def run_snakemake(workdir: Path, *args: str, cores: int = 2, timeout: int = 1200
 
 
 def _hash_zarr(path: Path, h) -> None:
-    import zarr
+    from califlow.io.store import open_group  # lists stores without Snakemake's timestamp file
 
-    group = zarr.open_group(str(path), mode="r")
+    group = open_group(path)
 
     def walk(g, prefix=""):
         for name in sorted(g.array_keys()):
