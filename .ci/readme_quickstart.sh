@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # The README's first command on a fresh checkout, with the plain install (no test extra):
 # the demo cohort end to end, then the report (`snakemake --report` needs only what
-# `pip install -e .` brings, e.g. pygments). Runs in a clean copy of the tracked files.
+# `pip install -e .` brings, e.g. pygments). Runs in a clean copy of the committed tree.
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
-git -C "$repo" ls-files -z | (cd "$repo" && xargs -0 cp --parents -t "$work")
+git -C "$repo" archive --format=tar HEAD | tar -x -C "$work"
 cd "$work"
 python3 -m venv .venv
 . .venv/bin/activate
