@@ -81,9 +81,15 @@ def _defaults_of(schema: Mapping) -> Any:
     return copy.deepcopy(schema.get("default"))
 
 
+_DEFAULTS: dict | None = None
+
+
 def default_config() -> dict:
-    """Return the full default configuration (nested dict)."""
-    return _defaults_of(config_schema())
+    """Return the full default configuration (nested dict, a fresh copy)."""
+    global _DEFAULTS
+    if _DEFAULTS is None:
+        _DEFAULTS = _defaults_of(config_schema())
+    return copy.deepcopy(_DEFAULTS)
 
 
 def _merge(base: dict, update: Mapping) -> dict:

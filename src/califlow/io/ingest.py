@@ -247,10 +247,8 @@ def _stream(source: MovieSource, writer: FrameWriter, s: int, k: int, n_read: in
 
 def _ds_option(params: Mapping | None, key: str):
     """``params["downsampling"][key]``, else the schema default."""
-    from califlow.params import default_config
-
     ds = (params or {}).get("downsampling") or {}
-    return ds[key] if key in ds else default_config()["downsampling"][key]
+    return ds[key] if key in ds else _DS[key]
 
 
 def _resampler(label: str, fps: float | None, target: float | None) -> TimeResampler | None:
