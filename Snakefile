@@ -25,6 +25,7 @@ include: "workflow/rules/neuron_size.smk"
 include: "workflow/rules/session.smk"
 include: "workflow/rules/cohort.smk"
 include: "workflow/rules/extract.smk"
+include: "workflow/rules/cells.smk"
 include: "workflow/rules/spikes.smk"
 include: "workflow/rules/export.smk"
 

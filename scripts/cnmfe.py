@@ -1,10 +1,9 @@
-"""Snakemake script of rules ``cnmfe`` and ``cnmfe_gather``: aligned.zarr -> cnmfe.zarr + cells.csv.
+"""Snakemake script of rules ``cnmfe`` and ``cnmfe_gather``: aligned.zarr -> cnmfe.zarr.
 
 Reads ``snakemake.input.aligned``, ``snakemake.input.neuron_size`` (gSig follows it) and, for
 ``cnmfe_gather``, ``snakemake.input.patches`` (the scatter jobs' results);
-``snakemake.params.config`` holds the ``cnmfe`` and ``general`` groups. Writes ``snakemake.output.cnmfe``
-and ``snakemake.output.cells``; logs to
-``snakemake.log[0]``.
+``snakemake.params.config`` holds the ``cnmfe`` and ``general`` groups. Writes
+``snakemake.output.cnmfe``; logs to ``snakemake.log[0]`` (``cells.csv`` is rule ``cell_qc``'s).
 """
 
 from califlow.cnmfe import run_cnmfe
@@ -20,7 +19,7 @@ def main(smk) -> None:
                                     getattr(smk.resources, "mem_mb", None))
         # `"patches" in smk.input` would look at the values of the Namedlist, not its names
         patches = list(smk.input.patches) if "patches" in smk.input.keys() else None  # noqa: SIM118
-        run_cnmfe(smk.input.aligned, smk.output.cnmfe, config, cells_path=smk.output.cells, patch_files=patches,
+        run_cnmfe(smk.input.aligned, smk.output.cnmfe, config, patch_files=patches,
                   n_processes=max(1, int(smk.threads)))
 
 

@@ -22,14 +22,13 @@ def main(smk):
     summary = json.loads(Path(smk.input.summary).read_text())
     cfg = smk.params.export
     formats = ["csv"] + (["nwb"] if cfg["nwb"] else []) + (["isxd"] if cfg["isxd"] else [])
-    cells = pd.read_csv(smk.input.cells)
-    snr = cells["snr"].to_numpy(float) if "snr" in cells else None
+    cells = pd.read_csv(smk.input.cells, keep_default_na=False, na_values=[""])
     metadata = {**cfg, **dict(smk.params.subject)}  # the sheet's Subject columns win over the config
     export_session(ext, session, smk.output[0], metadata=metadata, images=images,
                    source_files=summary.get("source_files") or [],
                    frames_per_file=summary.get("frames_per_file") or [],
                    raw_fps=summary.get("fps_raw"), formats=formats,
-                   snr=snr, event_threshold=float(cfg["event_threshold"]), start_time=summary.get("start_time"))
+                   cells=cells, event_threshold=float(cfg["event_threshold"]), start_time=summary.get("start_time"))
 
 
 with workflow_job(snakemake):  # noqa: F821 - injected by Snakemake

@@ -4,7 +4,8 @@ The extraction (``cnmfe.zarr``) spans the concatenation of all sessions; this mo
 it back by the sessions' frame ranges (``sessions`` attrs: name, start, stop, fps) and
 writes, for every session, files other tools read. Cell ``k`` has the same id (and the same
 Inscopix name ``C{k:03d}``) in every session, so the exports carry the cross-session
-tracking.  A neuron inactive in a session (``active`` flags of ``cnmfe.zarr``) has no events
+tracking; each cell's curation ``status`` (``cells.csv``) reaches the Inscopix cell sets, the
+NWB table and the events table.  A neuron inactive in a session (``active`` flags of ``cnmfe.zarr``) has no events
 and no deconvolved activity there (S exported as 0); its raw trace is exported as measured.
 """
 
@@ -23,7 +24,7 @@ from califlow.io.start_time import parse_start
 from califlow.io.store import atomic_output, open_group
 
 __all__ = ["SessionSlice", "session_slices", "active_spikes", "events_table", "trace_table", "cell_names",
-           "load_extraction", "export_session", "write_events_csv", "event_mask"]
+           "load_extraction", "export_session", "write_events_csv", "event_mask", "cell_statuses", "nwb_columns"]
 
 log = logging.getLogger("califlow")
 
@@ -81,7 +82,7 @@ def active_spikes(S: np.ndarray, sessions: Sequence[SessionSlice], active: np.nd
 
 
 def events_table(S: np.ndarray, sessions: Sequence[SessionSlice], threshold: float = 0.0,
-                 active: np.ndarray | None = None) -> pd.DataFrame:
+                 active: np.ndarray | None = None, statuses: Sequence[str] | None = None) -> pd.DataFrame:
     """Events (:func:`event_mask`) as a long table.
 
     Parameters
@@ -93,12 +94,14 @@ def events_table(S: np.ndarray, sessions: Sequence[SessionSlice], threshold: flo
         Smallest event amplitude reported (noise units for CNMF-E traces).
     active : ndarray (K, n_sessions) bool, optional
         Per-session activity flags (``cnmfe.zarr`` ``active``): no events where False.
+    statuses : sequence of str (K,), optional
+        Curation status of each cell (:func:`cell_statuses`): adds a ``status`` column.
 
     Returns
     -------
     DataFrame
         Columns ``cell`` (int id), ``session``, ``frame`` (within the session), ``time_s``
-        (frame / fps), ``amplitude``; sorted by session, frame, cell.
+        (frame / fps), ``amplitude`` (and ``status``); sorted by session, frame, cell.
     """
     S = active_spikes(S, sessions, active)
     frames = []
@@ -110,15 +113,19 @@ def events_table(S: np.ndarray, sessions: Sequence[SessionSlice], threshold: flo
         }))
     table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
         columns=["cell", "session", "frame", "time_s", "amplitude"])
+    if statuses is not None:
+        table["status"] = np.asarray(list(statuses), dtype=object)[table["cell"].to_numpy(np.int64)] \
+            if len(table) else pd.Series(dtype=object)
     order = {s.name: i for i, s in enumerate(sessions)}
     table["_o"] = table["session"].map(order)
     return table.sort_values(["_o", "frame", "cell"], kind="stable").drop(columns="_o").reset_index(drop=True)
 
 
 def write_events_csv(S: np.ndarray, sessions: Sequence[SessionSlice], path: str | Path,
-                     threshold: float = 0.0, active: np.ndarray | None = None) -> Path:
+                     threshold: float = 0.0, active: np.ndarray | None = None,
+                     statuses: Sequence[str] | None = None) -> Path:
     """Write :func:`events_table` to ``path`` atomically."""
-    table = events_table(S, sessions, threshold, active)
+    table = events_table(S, sessions, threshold, active, statuses)
     with atomic_output(path) as tmp:
         table.to_csv(tmp, index=False, float_format="%.6g")
     return Path(path)
@@ -152,7 +159,7 @@ def _present(S: np.ndarray, s: SessionSlice, threshold: float) -> np.ndarray:
 def export_session(extraction: dict, session: str, out_dir: str | Path, *, metadata: dict,
                    images: dict | None = None, source_files: Sequence[str] = (),
                    frames_per_file: Sequence[int] = (), raw_fps: float | None = None,
-                   formats: Sequence[str] = ("csv", "nwb", "isxd"), snr: np.ndarray | None = None,
+                   formats: Sequence[str] = ("csv", "nwb", "isxd"), cells: pd.DataFrame | None = None,
                    event_threshold: float = 0.0, start_time: str | None = None) -> list[Path]:
     """Write one session's exports into ``out_dir``.
 
@@ -161,7 +168,10 @@ def export_session(extraction: dict, session: str, out_dir: str | Path, *, metad
     ``sub-{animal}_ses-{session}_ophys.nwb`` (DANDI naming); with "isxd" ``cellset_raw.isxd``,
     ``cellset_denoised.isxd``, ``neural_events.isxd`` (IDEAS naming; cell names C000… shared by
     all sessions). ``start_time`` (ISO 8601, from the recording: :mod:`califlow.io.start_time`)
-    becomes the NWB ``session_start_time`` and the isxd start.
+    becomes the NWB ``session_start_time`` and the isxd start.  ``cells`` (``cells.csv``, one
+    row per cell) gives the curation ``status`` of the Inscopix cell sets and the NWB
+    PlaneSegmentation's ``snr``, ``status``, ``reason`` and metric columns (this session's
+    per-session metrics without their ``_<session>`` suffix); without it every cell is accepted.
 
     Returns
     -------
@@ -196,7 +206,8 @@ def export_session(extraction: dict, session: str, out_dir: str | Path, *, metad
             animal=str(animal), session=s.name, footprints=A.astype(np.float32),
             raw=C_raw[:, seg], denoised=C[:, seg], deconvolved=S[:, seg], fps=s.fps, events=events,
             cell_ids=list(range(K)), present=present,
-            snr=np.zeros(K) if snr is None else np.asarray(snr, dtype=float),
+            snr=np.zeros(K) if cells is None else cells["snr"].to_numpy(float),
+            columns=nwb_columns(cells, s.name),
             images=images or {}, source_files=list(source_files), frames_per_file=list(frames_per_file),
             raw_fps=raw_fps, start_time=parse_start(start_time) if start_time else None,
         )
@@ -205,8 +216,41 @@ def export_session(extraction: dict, session: str, out_dir: str | Path, *, metad
         written.append(path)
     if "isxd" in formats:
         start_s = parse_start(start_time).timestamp() if start_time else 0.0
-        written += _export_isxd(A, C_raw[:, seg], C[:, seg], events, s, out, start_s)
+        written += _export_isxd(A, C_raw[:, seg], C[:, seg], events, s, out, start_s, cell_statuses(cells, K))
     return written
+
+
+def cell_statuses(cells: pd.DataFrame | None, n_cells: int) -> list[str]:
+    """Curation status of each of ``n_cells`` cells from ``cells.csv`` (all accepted without it)."""
+    if cells is None or "status" not in cells:
+        return ["accepted"] * n_cells
+    if len(cells) != n_cells:
+        raise ValueError(f"cells.csv has {len(cells)} rows for {n_cells} cells in the extraction")
+    return [str(v) for v in cells.sort_values("cell")["status"]]
+
+
+def nwb_columns(cells: pd.DataFrame | None, session: str) -> dict:
+    """PlaneSegmentation columns from ``cells.csv``: name -> (description, values (K,)).
+
+    Per-cell metrics and ``status``/``reason`` keep their names; ``<metric>_<session>`` of this
+    session become ``<metric>``; other sessions' columns, ids and centroids are left out.
+    """
+    from califlow.cell_metrics import DESCRIPTIONS, SESSION_METRICS
+
+    if cells is None:
+        return {}
+    cells = cells.sort_values("cell")
+    out = {}
+    for name in ("area_px", "elongation", "bv_overlap", "background_ratio", "nn_cell", "nn_distance_px",
+                 "nn_trace_corr", "status", "reason"):
+        if name in cells:
+            values = cells[name].fillna("").astype(str) if name in ("status", "reason") else cells[name]
+            out[name] = (DESCRIPTIONS[name], values.to_numpy())
+    for metric in SESSION_METRICS:
+        col = f"{metric}_{session}"
+        if col in cells and metric not in ("active", "snr"):  # present and snr are columns already
+            out[f"session_{metric}"] = (DESCRIPTIONS[metric] + " (this session)", cells[col].to_numpy())
+    return out
 
 
 def nwb_name(animal: str, session: str) -> str:
@@ -216,14 +260,14 @@ def nwb_name(animal: str, session: str) -> str:
     return f"sub-{label(animal)}_ses-{label(session)}_ophys.nwb"
 
 
-def _export_isxd(A, raw, denoised, events, s: SessionSlice, out: Path, start_s: float) -> list[Path]:
+def _export_isxd(A, raw, denoised, events, s: SessionSlice, out: Path, start_s: float,
+                 statuses: list[str]) -> list[Path]:
     from califlow.io import isxd
 
     K, H, W = A.shape
     T = raw.shape[1]
     names = cell_names(K)
     timing = isxd.Timing(num_samples=T, period_s=1.0 / s.fps, start_s=start_s)
-    statuses = ["accepted"] * K
     written = []
     for fname, traces in (("cellset_raw.isxd", raw), ("cellset_denoised.isxd", denoised)):
         path = out / fname

@@ -4,7 +4,8 @@
 
 rule events_table:
     input:
-        "results/{animal}/cnmfe.zarr",
+        cnmfe="results/{animal}/cnmfe.zarr",
+        cells="results/{animal}/cells.csv",
     output:
         "results/{animal}/events.csv",
     params:

@@ -1,4 +1,4 @@
-# Per animal: patched CNMF-E on the aligned movie -> results/{animal}/cnmfe.zarr + cells.csv.
+# Per animal: patched CNMF-E on the aligned movie -> results/{animal}/cnmfe.zarr (cells.csv: cells.smk).
 #
 # cnmfe.patch_jobs = 0 (default): one job runs every patch (a pool of cnmfe.n_processes
 # workers) then stitches and refines. cnmfe.patch_jobs = N > 0: N scatter jobs run the
@@ -42,7 +42,6 @@ if CNMFE_JOBS > 0:
             ),
         output:
             cnmfe=directory("results/{animal}/cnmfe.zarr"),
-            cells="results/{animal}/cells.csv",
         params:
             config=group_params("cnmfe", "general"),
         log:
@@ -64,7 +63,6 @@ else:
             neuron_size=NEURON_SIZE,
         output:
             cnmfe=directory("results/{animal}/cnmfe.zarr"),
-            cells="results/{animal}/cells.csv",
         params:
             config=group_params("cnmfe", "general"),
         log:
@@ -80,4 +78,4 @@ else:
             "../../scripts/cnmfe.py"
 
 
-ANIMAL_TARGETS.extend(["results/{animal}/cnmfe.zarr", "results/{animal}/cells.csv"])
+ANIMAL_TARGETS.append("results/{animal}/cnmfe.zarr")

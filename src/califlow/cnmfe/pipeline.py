@@ -17,7 +17,6 @@ movie length.
 from __future__ import annotations
 
 import contextlib
-import csv
 import json
 import logging
 import math
@@ -336,7 +335,7 @@ def _finish(p: Plan, model: Model, A_sessions: list[sp.csc_matrix]) -> Extractio
 
 def write_outputs(p: Plan, ex: Extraction, out_path: str | os.PathLike, cells_path: str | os.PathLike | None = None,
                   inputs: Mapping | None = None) -> None:
-    """Write ``cnmfe.zarr`` (and ``cells.csv``) atomically."""
+    """Write ``cnmfe.zarr`` (and ``cells.csv``: :func:`califlow.cells_step.write_cells_csv`) atomically."""
     K, T = ex.C.shape
     _, h, w = p.store.shape
     with atomic_output(out_path) as tmp:
@@ -371,20 +370,9 @@ def write_outputs(p: Plan, ex: Extraction, out_path: str | os.PathLike, cells_pa
                        order="decreasing SNR", warnings=list(ex.warnings),
                        n_seeds=int(len(p.seeds)))
     if cells_path is not None:
-        write_cells(p, ex, cells_path)
+        from califlow.cells_step import write_cells_csv
 
-
-def write_cells(p: Plan, ex: Extraction, path: str | os.PathLike) -> None:
-    """``cells.csv``: one row per neuron (id, centroid, SNR, per-session events and presence)."""
-    names = [s["name"] for s in p.store.sessions]
-    header = ["cell", "seed_id", "centroid_y", "centroid_x", "snr"] + \
-        [f"events_{n}" for n in names] + [f"active_{n}" for n in names]
-    with atomic_output(path) as tmp, open(tmp, "w", newline="") as fh:
-        wr = csv.writer(fh)
-        wr.writerow(header)
-        for k in range(ex.C.shape[0]):
-            wr.writerow([k, int(ex.ids[k]), f"{ex.centroids[k, 0]:.2f}", f"{ex.centroids[k, 1]:.2f}",
-                         f"{ex.snr[k]:.4g}"] + [int(v) for v in ex.events[k]] + [int(v) for v in ex.active[k]])
+        write_cells_csv(out_path, p.store.path, cells_path, p.config)
 
 
 def run_cnmfe(aligned_path: str | os.PathLike, out_path: str | os.PathLike, config: Mapping | None = None, *,

@@ -42,7 +42,7 @@ import numpy as np
 
 from califlow.cnmfe.temporal import denoise_traces
 
-__all__ = ["scale_to_noise", "remove_baseline", "final_deconvolution", "snr", "largest_transients",
+__all__ = ["EVENT_COUNT_LEVEL", "scale_to_noise", "remove_baseline", "final_deconvolution", "snr", "largest_transients",
            "session_activity", "silence_inactive"]
 
 #: Window (s) of the moving median of the baseline estimate (CaliAli: 20 s).
@@ -53,6 +53,8 @@ BASELINE_MIN_S = 100.0
 QUIET_S = 10.0
 #: Frames of the running mean whose maximum is a session's largest transient.
 TRANSIENT_FRAMES = 5
+#: Smallest deconvolved spike (noise units) counted in the per-session event counts.
+EVENT_COUNT_LEVEL = 1.0
 
 
 def scale_to_noise(C_raw: np.ndarray, deconv_sn) -> np.ndarray:
@@ -192,7 +194,7 @@ def session_activity(C_raw: np.ndarray, S: np.ndarray, sessions: list[dict], t0:
     p = np.ones((K, len(sessions)))
     for j, s in enumerate(sessions):
         a, b = s["start"] - t0, s["stop"] - t0
-        counts[:, j] = np.count_nonzero(S[:, a:b] >= 1.0, axis=1)
+        counts[:, j] = np.count_nonzero(S[:, a:b] >= EVENT_COUNT_LEVEL, axis=1)
         amp[:, j], p[:, j] = largest_transients(C_raw[:, a:b])
     top = np.where(np.isfinite(amp), amp, 0.0).max(axis=1, keepdims=True)
     active = (p <= pvalue) & (amp >= crosstalk * top) & (amp > 0)

@@ -56,6 +56,8 @@ class NWBSession:
         Raw frames in each source file (gives ``starting_frame``).
     start_time : datetime
         Session start (timezone-aware).
+    columns : dict of name -> (description, ndarray (K,))
+        More PlaneSegmentation columns (the session's cell metrics, curation status).
     """
 
     animal: str
@@ -75,6 +77,7 @@ class NWBSession:
     raw_fps: float | None = None
     start_time: dt.datetime | None = None
     description: str = ""
+    columns: dict = field(default_factory=dict)
 
 
 def _start_time(session: NWBSession) -> dt.datetime:
@@ -208,10 +211,20 @@ def _add_cells(ophys, plane, session) -> None:
     ps.add_column("global_roi_id", "cell id shared by every session of the animal")
     ps.add_column("present", "cell active in this session")
     ps.add_column("snr", "signal-to-noise ratio of the cell's trace")
+    for name, (description, _) in session.columns.items():
+        ps.add_column(name, description)
     for k in range(session.footprints.shape[0]):
+        extra = {name: _scalar(values[k]) for name, (_, values) in session.columns.items()}
         ps.add_roi(image_mask=session.footprints[k].astype(np.float32), global_roi_id=int(session.cell_ids[k]),
-                   present=bool(session.present[k]), snr=float(session.snr[k]))
+                   present=bool(session.present[k]), snr=float(session.snr[k]), **extra)
     _add_traces(ophys, ps, session)
+
+
+def _scalar(value):
+    """A table cell as NWB stores it: str, or a Python int / float."""
+    if isinstance(value, str):
+        return value
+    return int(value) if isinstance(value, (int, np.integer)) else float(value)
 
 
 def _add_traces(ophys, ps, session) -> None:
