@@ -1,7 +1,7 @@
 """Rule cell_qc: cnmfe.zarr + aligned.zarr (+ the manual curation table) -> cells.csv.
 
-``snakemake.params.config`` holds the ``curation``, ``cnmfe``, ``export`` and ``general``
-groups; gSig and the neuron diameter follow ``snakemake.input.neuron_size``.
+``snakemake.params.config`` holds the ``curation`` and ``general`` groups, ``cnmfe.bv_threshold``
+and ``export.event_threshold``; gSig and the neuron diameter follow ``snakemake.input.neuron_size``.
 """
 
 from califlow.cells_step import write_cells_csv

@@ -58,10 +58,13 @@ def test_demo_outputs_follow_the_contract(demo):
         K = cn["A"].shape[0]
         assert K >= 10 and cn["C"].shape == (K, 300 * len(group)) and cn["S"].shape == cn["C"].shape
         assert "params" in cn.attrs and "califlow_version" in cn.attrs
-        cells = pd.read_csv(a / "cells.csv")
-        assert len(cells) == K
+        cells = pd.read_csv(a / "cells.csv", keep_default_na=False)
+        assert len(cells) == K and set(cells["status"]) <= {"accepted", "rejected", "undecided"}
+        assert {"fp_corr_" + group["session"].iloc[0], "background_ratio", "reason"} <= set(cells.columns)
+        assert (cells["status"] == "accepted").mean() >= 0.7, cells[["cell", "status", "reason"]]
+        assert (a / "cells.html").stat().st_size > 10_000
         events = pd.read_csv(a / "events.csv")
-        assert list(events.columns) == ["cell", "session", "frame", "time_s", "amplitude"]
+        assert list(events.columns) == ["cell", "session", "frame", "time_s", "amplitude", "status"]
         assert set(events["session"]) <= set(group["session"]) and len(events) > 0
 
 
@@ -137,7 +140,9 @@ def _planned_rules(proc_stdout: str) -> set[str]:
     return rules
 
 
-AFTER_CNMFE = {"cnmfe", "events_table", "export_session", "qc_animal", "qc_seeds", "spike_extraction"}
+AFTER_CNMFE = {"cnmfe", "cell_qc", "cell_browser", "events_table", "export_session", "qc_animal", "qc_seeds",
+               "spike_extraction"}
+AFTER_CURATION = {"cell_qc", "cell_browser", "events_table", "export_session"}
 # the enhanced movies are temporary: re-concatenating recomputes each session's chain
 # (Snakemake reruns what consumes a regenerated file: motion_correct and its QC too)
 SESSION_CHAIN = {"ingest", "motion_correct", "enhance", "qc_session"}
@@ -149,6 +154,7 @@ AFTER_ALIGN = SESSION_CHAIN | {"align_sessions", "concatenate"} | AFTER_CNMFE
     ("cnmfe:\n  min_pnr: 8\n", AFTER_CNMFE),
     ("inter_session_alignment:\n  final_neurons: true\n", AFTER_ALIGN),
     ("export:\n  lab: Vision Lab\n", {"export_session"}),
+    ("curation:\n  min_snr: 2.0\n", AFTER_CURATION),
 ])
 def test_parameter_change_reruns_only_affected_jobs(demo, extra, expected, tmp_path):
     cfg = tmp_path / "extra.yaml"
@@ -158,6 +164,41 @@ def test_parameter_change_reruns_only_affected_jobs(demo, extra, expected, tmp_p
     planned = _planned_rules(proc.stdout) - {"all"}
     # the report's configuration page lists every parameter: any change rewrites it (a few ms)
     assert planned == expected | {"report_configuration"}, proc.stdout[-4000:]
+
+
+def test_manual_curation_reruns_only_cell_qc_and_the_exports(demo, tmp_path):
+    """A user rejects a cell in curation/demo1.csv: only cell_qc, the browser and the exports rerun,
+    and the status reaches cells.csv, events.csv, the Inscopix cell sets and NWB."""
+    isx = pytest.importorskip("isx")
+    work = tmp_path / "copy"
+    shutil.copytree(demo["work"], work, symlinks=True)
+    cells = pd.read_csv(work / "results" / "demo1" / "cells.csv", keep_default_na=False)
+    edited = cells[["cell", "status", "reason"]].copy()
+    edited.loc[edited["cell"] == 0, "status"] = "rejected"
+    edited.loc[edited["cell"] == 0, "reason"] = "not a soma"
+    (work / "curation").mkdir()
+    edited.to_csv(work / "curation" / "demo1.csv", index=False)
+    planned = _planned_rules(run_snakemake(work, "-n").stdout) - {"all"}
+    assert planned == AFTER_CURATION, planned
+    before = output_hashes(work / "results")
+    run_snakemake(work)
+    after = output_hashes(work / "results")
+    assert after["demo1/cnmfe.zarr"] == before["demo1/cnmfe.zarr"]
+    assert after["demo2/cells.csv"] == before["demo2/cells.csv"]
+    back = pd.read_csv(work / "results" / "demo1" / "cells.csv", keep_default_na=False)
+    assert back.loc[0, ["status", "reason"]].tolist() == ["rejected", "manual: not a soma"]
+    assert (back["status"].iloc[1:] == cells["status"].iloc[1:]).all()
+    events = pd.read_csv(work / "results" / "demo1" / "events.csv")
+    assert set(events.loc[events["cell"] == 0, "status"]) <= {"rejected"}
+    export = sorted((work / "results" / "demo1" / "sessions").glob("*/export"))[0]
+    cs = isx.CellSet.read(str(export / "cellset_raw.isxd"))
+    assert cs.get_cell_status(0) == "rejected" and cs.get_cell_status(1) == back.loc[1, "status"]
+    from pynwb import NWBHDF5IO
+
+    with NWBHDF5IO(str(next(export.glob("*.nwb"))), "r") as io:
+        ps = io.read().processing["ophys"]["ImageSegmentation"]["PlaneSegmentation"]
+        assert ps["status"][0] == "rejected" and ps["reason"][0] == "manual: not a soma"
+        assert 0.5 < float(ps["session_fp_corr"][1]) <= 1.0
 
 
 def test_kill_and_resume_gives_identical_outputs(demo, tmp_path):

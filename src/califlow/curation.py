@@ -119,7 +119,7 @@ def curate(table: pd.DataFrame, sessions: Sequence[str], options: Mapping, diame
     K = len(out)
     reasons = [[] for _ in range(K)]
     status = np.full(K, "accepted", dtype=object)
-    if options.get("enabled", True):
+    if options["enabled"]:
         for name, fired in _rule_hits(out, sessions, options, diameter).items():
             outcome = RULES[name][1]
             for k in np.flatnonzero(fired):

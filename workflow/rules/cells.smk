@@ -1,13 +1,6 @@
 # Per animal: the evidence for every tracked cell and its curation (cells.csv), and the cell
 # browser (cells.html). A manual curation table (curation.manual, e.g. curation/m1.csv) is an
 # input when it exists: editing it reruns cell_qc and the exports, never CNMF-E.
-from califlow.cells_step import manual_path
-
-
-def manual_curation(wildcards):
-    path = manual_path(CFG, wildcards.animal)
-    return [str(path)] if path.exists() else []
-
 
 rule cell_qc:
     input:
@@ -18,7 +11,13 @@ rule cell_qc:
     output:
         "results/{animal}/cells.csv",
     params:
-        config=group_params("curation", "cnmfe", "export", "general"),
+        # only what cell_qc reads: another export or CNMF-E setting must not rerun it
+        config={
+            "curation": CFG["curation"],
+            "general": CFG["general"],
+            "cnmfe": {"bv_threshold": CFG["cnmfe"]["bv_threshold"]},
+            "export": {"event_threshold": CFG["export"]["event_threshold"]},
+        },
     log:
         "logs/{animal}/cell_qc.log",
     benchmark:

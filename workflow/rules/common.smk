@@ -108,6 +108,14 @@ def session_paths(pattern):
     return inner
 
 
+def manual_curation(wildcards):
+    """The animal's manual curation table (curation.manual) when the user has written one."""
+    from califlow.cells_step import manual_path
+
+    path = manual_path(CFG, wildcards.animal)
+    return [str(path)] if path.exists() else []
+
+
 def group_params(*groups):
     """The resolved parameters of the named config groups (reach rules through params:)."""
     return {g: CFG[g] for g in groups}

@@ -1,0 +1,107 @@
+"""Automatic curation (cells.csv status) against the simulator's ground truth.
+
+Run::
+
+    python benchmarks/bench_curation.py                          # every preset below (~15 min on 2 cores)
+    python benchmarks/bench_curation.py --presets dense_lowsnr --sessions 2 --frames 400
+
+For every preset an animal is simulated (``califlow.simulate``), run through the workflow's
+library chain with ``gSig: auto`` (:func:`califlow.simulate.pipeline.run_chain`, sessions
+rendered aligned with ``--aligned``), and curated by :func:`califlow.cells_step.write_cells_csv`
+with the schema's ``curation`` defaults.  Detection is scored with
+:func:`califlow.metrics.score_extraction` (neurons cut by the crop left out) for every cell,
+for the accepted ones, and for the ones not rejected; each rule's rejections are split into
+true cells (matched to a simulated neuron) and false positives.  The rules' thresholds are the
+schema's, set from what each metric means (docs/cells.md), not fitted to these presets.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+PRESETS = ("default", "dense_lowsnr", "vessel_rich", "pnr3", "small_neurons", "large_neurons", "inscopix")
+
+
+def curated_run(name: str, work: Path, sessions: int, frames: int, aligned: bool, seed: int) -> dict:
+    """Simulate, extract, curate and score one preset."""
+    import pandas as pd
+
+    from califlow.cells_step import write_cells_csv
+    from califlow.metrics import score_extraction
+    from califlow.params import apply_neuron_size, resolve_config
+    from califlow.simulate import preset, simulate_animal
+    from califlow.simulate.pipeline import run_chain
+
+    cfg = preset(name)
+    if name == "inscopix":
+        cfg = cfg.replace(height=240, width=384, n_neurons=80)  # the camera and levels, a smaller field
+    animal = simulate_animal(cfg.replace(n_sessions=sessions, frames_per_session=frames), seed=seed)
+    t = time.perf_counter()
+    res = run_chain(animal, work, {"general": {"gSig": "auto"}}, aligned=aligned)
+    config = resolve_config(apply_neuron_size({"general": {"gSig": "auto"}}, res["neuron_size"]["measured"]))
+    table = write_cells_csv(res["cnmfe"], res["aligned"], work / "cells.csv", config)
+    wall = time.perf_counter() - t
+    ex, gt = res["extraction"], animal.ground_truth
+    status = table["status"].to_numpy()
+
+    def score(mask):
+        r = score_extraction(gt, res["A_reference"][mask], ex.C[mask], valid=res["valid_reference"])
+        return r["precision"], r["recall"], r["n_est"], r["n_matched"]
+
+    out = {"preset": name, "wall_s": round(wall, 1), "n_cells": len(table)}
+    for label, mask in (("all", np.ones(len(table), bool)), ("accepted", status == "accepted"),
+                        ("not_rejected", status != "rejected"), ("rejected", status == "rejected")):
+        out[label] = score(mask) if mask.any() else (float("nan"), 0.0, 0, 0)
+    rules = {}
+    for reason in sorted({r for rs in table["reason"] for r in str(rs).split("; ") if r}):
+        mask = np.array([reason in str(rs).split("; ") for rs in table["reason"]])
+        _, _, n, tp = score(mask)
+        rules[reason] = (int(mask.sum()), int(tp), int(n) - int(tp))
+    out["rules"] = rules
+    out["counts"] = pd.Series(status).value_counts().to_dict()
+    return out
+
+
+def print_row(r: dict) -> None:
+    (p0, r0, n0, _), (p1, r1, n1, _) = r["all"], r["accepted"]
+    p2, r2, _, _ = r["not_rejected"]
+    _, _, nrej, tprej = r["rejected"]
+    print(f"| {r['preset']} | {n0} | {p0:.3f} | {r0:.3f} | {n1} | {p1:.3f} | {r1:.3f} | {r1 - r0:+.3f} | "
+          f"{p2:.3f} | {r2:.3f} | {nrej} ({nrej - tprej} FP, {tprej} true) | {r['wall_s']} |", flush=True)
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--presets", nargs="+", default=list(PRESETS))
+    ap.add_argument("--sessions", type=int, default=2)
+    ap.add_argument("--frames", type=int, default=500)
+    ap.add_argument("--aligned", action="store_true", help="render sessions aligned; skip motion and alignment")
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--workdir", type=Path, default=None)
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    print("command:", " ".join([os.path.basename(sys.executable), *sys.argv]), flush=True)
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="bench_curation_"))
+    print("| preset | cells | P all | R all | accepted | P acc | R acc | recall cost | P not rejected | "
+          "R not rejected | rejected | wall (s) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|", flush=True)
+    rows = []
+    for name in args.presets:
+        r = curated_run(name, work / name, args.sessions, args.frames, args.aligned, args.seed)
+        rows.append(r)
+        print_row(r)
+    print("\nrejections per rule (cells, true cells among them, false positives among them):")
+    for r in rows:
+        print(f"  {r['preset']}: " + ", ".join(f"{k} {v[0]} ({v[1]} true, {v[2]} FP)" for k, v in r["rules"].items()))
+
+
+if __name__ == "__main__":
+    main()
