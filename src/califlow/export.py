@@ -156,6 +156,17 @@ def _present(S: np.ndarray, s: SessionSlice, threshold: float) -> np.ndarray:
     return event_mask(S[:, s.start:s.stop], threshold).any(axis=1)
 
 
+def _export_csv(out: Path, s: SessionSlice, C_raw: np.ndarray, C: np.ndarray, S: np.ndarray) -> list[Path]:
+    """``traces_raw.csv``, ``traces.csv`` and ``spikes.csv`` of session ``s`` in ``out``."""
+    written = []
+    for name, traces in (("traces_raw.csv", C_raw), ("traces.csv", C), ("spikes.csv", S)):
+        path = out / name
+        with atomic_output(path) as tmp:
+            trace_table(traces, s).to_csv(tmp, index=False, float_format="%.6g")
+        written.append(path)
+    return written
+
+
 def export_session(extraction: dict, session: str, out_dir: str | Path, *, metadata: dict,
                    images: dict | None = None, source_files: Sequence[str] = (),
                    frames_per_file: Sequence[int] = (), raw_fps: float | None = None,
@@ -189,11 +200,7 @@ def export_session(extraction: dict, session: str, out_dir: str | Path, *, metad
     K = A.shape[0]
     written: list[Path] = []
     if "csv" in formats:
-        for name, traces in (("traces_raw.csv", C_raw), ("traces.csv", C), ("spikes.csv", S)):
-            path = out / name
-            with atomic_output(path) as tmp:
-                trace_table(traces, s).to_csv(tmp, index=False, float_format="%.6g")
-            written.append(path)
+        written += _export_csv(out, s, C_raw, C, S)
     present = _present(S, s, event_threshold)
     seg = slice(s.start, s.stop)
     mask = event_mask(S[:, seg], event_threshold)
