@@ -9,10 +9,12 @@ For every preset an animal is simulated (``califlow.simulate``), run through the
 library chain with ``gSig: auto`` (:func:`califlow.simulate.pipeline.run_chain`, sessions
 rendered aligned with ``--aligned``), and curated by :func:`califlow.cells_step.write_cells_csv`
 with the schema's ``curation`` defaults.  Detection is scored with
-:func:`califlow.metrics.score_extraction` (neurons cut by the crop left out) for every cell,
-for the accepted ones, and for the ones not rejected; each rule's rejections are split into
-true cells (matched to a simulated neuron) and false positives.  The rules' thresholds are the
-schema's, set from what each metric means (docs/cells.md), not fitted to these presets.
+:func:`califlow.metrics.score_extraction` (neurons cut by the crop left out) once for all
+cells (one-to-one assignment); precision and recall are then counted for the accepted cells
+and for the ones not rejected, and each rule's rejections are split into true cells (matched
+to a simulated neuron in that assignment) and false positives (unmatched, duplicates
+included).  The rules' thresholds are the schema's, set from what each metric means
+(docs/cells.md), not fitted to these presets.
 """
 
 from __future__ import annotations
@@ -52,14 +54,22 @@ def curated_run(name: str, work: Path, sessions: int, frames: int, aligned: bool
     ex, gt = res["extraction"], animal.ground_truth
     status = table["status"].to_numpy()
 
+    # one assignment of all cells to the true neurons: a rejected duplicate is a false positive
+    # even when it would match a neuron on its own
+    full = score_extraction(gt, res["A_reference"], ex.C, valid=res["valid_reference"])
+    scored = np.zeros(len(table), bool)
+    scored[full["scored_est"]] = True
+    true = np.zeros(len(table), bool)
+    true[full["matched_est"]] = True
+
     def score(mask):
-        r = score_extraction(gt, res["A_reference"][mask], ex.C[mask], valid=res["valid_reference"])
-        return r["precision"], r["recall"], r["n_est"], r["n_matched"]
+        n_est, n_tp = int((mask & scored).sum()), int((mask & true).sum())
+        return (n_tp / n_est if n_est else float("nan")), n_tp / full["n_true"], n_est, n_tp
 
     out = {"preset": name, "wall_s": round(wall, 1), "n_cells": len(table)}
     for label, mask in (("all", np.ones(len(table), bool)), ("accepted", status == "accepted"),
                         ("not_rejected", status != "rejected"), ("rejected", status == "rejected")):
-        out[label] = score(mask) if mask.any() else (float("nan"), 0.0, 0, 0)
+        out[label] = score(mask)
     rules = {}
     for reason in sorted({r for rs in table["reason"] for r in str(rs).split("; ") if r}):
         mask = np.array([reason in str(rs).split("; ") for rs in table["reason"]])

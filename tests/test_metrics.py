@@ -152,6 +152,25 @@ def test_score_extraction_on_ground_truth_itself():
     assert r2["tracking"]["f1"] == 1.0
 
 
+def test_scored_and_matched_estimates_are_indices_into_the_input():
+    from califlow.simulate import preset, simulate_animal
+
+    gt = simulate_animal(preset("demo", height=96, width=96, n_neurons=15, frames_per_session=60,
+                                n_sessions=2, overlap=0.5), seed=2).ground_truth
+    a = gt.footprints_ref
+    left = np.flatnonzero(gt.centers_ref[:, 1] < 40)
+    est = np.concatenate([a[::-1], a[:1]])  # reversed, plus a duplicate of neuron 0
+    valid = np.zeros(a.shape[1:], bool)
+    valid[:, 48:] = True  # only the right half was covered
+    r = score_extraction(gt, est, np.concatenate([gt.C[::-1], gt.C[:1]]), valid=valid, register=False)
+    matched, scored = set(r["matched_est"].tolist()), set(r["scored_est"].tolist())
+    assert matched <= scored and len(matched) == r["n_matched"] == r["n_true"]
+    assert not matched & {len(a) - 1 - k for k in left}  # neurons left of the crop are not scored
+    assert all(np.argmax([np.sum(est[m] * t) for t in a]) == len(a) - 1 - m for m in matched if m < len(a))
+    assert (len(a) in scored) == (gt.centers_ref[0, 1] >= 48)  # the duplicate is scored, not matched, inside
+    assert len(a) not in matched or (len(a) - 1) not in matched
+
+
 def test_bad_inputs():
     with pytest.raises(InputError, match="differ in"):
         match_neurons(np.zeros((2, 10, 10)), np.zeros((2, 12, 10)))

@@ -354,14 +354,18 @@ def score_extraction(gt, A_est, C_est, S_est=None, session_bounds=None, active_e
     dict: detection ``precision``, ``recall``, ``f1``, ``n_true``, ``n_est``, ``n_matched``,
     ``shift``; medians ``footprint_r``, ``trace_r``, ``spike_r`` (over pairs, then sessions
     where the neuron is active) and per-pair arrays ``trace_r_sessions``/``spike_r_sessions``
-    (n_pairs, S); ``tracking`` (dict of :func:`tracking_f1`); the :class:`Match` as ``match``.
+    (n_pairs, S); ``tracking`` (dict of :func:`tracking_f1`); the :class:`Match` as ``match``;
+    ``scored_est`` and ``matched_est``: indices into ``A_est`` of the estimates scored (inside
+    ``valid``) and of those matched to a true neuron.
     """
     bounds = gt.session_bounds if session_bounds is None else np.asarray(session_bounds)
+    scored_est = np.arange(len(A_est))
     A_true = gt.footprints_ref
     A_est = _as_stack(A_est, "A_est")
     C_true, S_true, act_true = gt.C, gt.S, gt.active
     if valid is not None:
         keep_t, keep_e = _covered(valid, gt.centers_ref, A_true, A_est, register, match_kw)
+        scored_est = scored_est[keep_e]
         A_true, C_true, S_true, act_true = A_true[keep_t], C_true[keep_t], S_true[keep_t], act_true[keep_t]
         A_est, C_est = A_est[keep_e], np.asarray(C_est)[keep_e]
         S_est = None if S_est is None else np.asarray(S_est)[keep_e]
@@ -374,7 +378,8 @@ def score_extraction(gt, A_est, C_est, S_est=None, session_bounds=None, active_e
                n_est=match.n_est, n_matched=match.n_matched, shift=match.shift.tolist(),
                footprint_r=float(np.nanmedian(fr)) if fr.size else float("nan"),
                trace_r=float(np.nanmedian(np.where(act, tr, np.nan))) if tr.size else float("nan"),
-               trace_r_sessions=tr, match=match)
+               trace_r_sessions=tr, match=match, scored_est=scored_est,
+               matched_est=scored_est[match.est_idx])
     if S_est is not None:
         sr = spike_correlation(S_true, S_est, match, 5, bounds)
         out["spike_r"] = float(np.nanmedian(np.where(act, sr, np.nan))) if sr.size else float("nan")

@@ -146,12 +146,8 @@
     });
     panel.appendChild(crops);
     if (data.traces) panel.appendChild(traceSvg(k));
-    const m = el("table", { id: "metrics" });
-    data.columns.forEach((c, i) => {
-      const tr = el("tr");
-      tr.append(el("td", {}, c), el("td", {}, data.rows[k][i] ?? ""));
-      m.appendChild(tr);
-    });
+    const m = el("div", { id: "metrics" });
+    data.columns.forEach((c, i) => m.append(el("span", { class: "name" }, c), el("span", {}, data.rows[k][i] ?? "")));
     panel.appendChild(m);
   }
 
