@@ -31,7 +31,8 @@ from collections.abc import Iterator
 
 from califlow.progress import script_logging
 
-__all__ = ["JOB_ENVIRONMENT", "JobTerminated", "job_environment", "job_sources", "warnings_logged", "workflow_job"]
+__all__ = ["JOB_ENVIRONMENT", "JobTerminated", "job_environment", "job_sources", "raise_if_terminated",
+           "warnings_logged", "workflow_job"]
 
 #: Environment variables a job sets unless the user set them.  Idle OpenMP threads (numba's
 #: parallel kernels) sleep instead of spinning: califlow alternates many short parallel
@@ -48,6 +49,26 @@ class JobTerminated(BaseException):
     """The job received SIGTERM. A BaseException, so ``except Exception`` does not swallow it."""
 
 
+#: Set by the SIGTERM handler of :func:`sigterm_raises`, cleared when a block starts: the
+#: signal is remembered even where a library swallowed the exception it raised (a handler
+#: that ran inside a finaliser or a callback), so :func:`raise_if_terminated` still stops.
+_TERMINATED = threading.Event()
+
+_TERMINATED_TEXT = ("terminated by SIGTERM (a cluster time limit, scancel, or Snakemake stopping); "
+                    "the partial output was removed and the job can be rerun")
+
+
+def raise_if_terminated() -> None:
+    """Raise :class:`JobTerminated` if a :func:`sigterm_raises` block received SIGTERM.
+
+    :func:`califlow.io.store.atomic_output` calls it before it commits an output, and
+    :func:`workflow_job` when the body ends, so a SIGTERM whose exception was lost never
+    lets a job commit or exit 0.
+    """
+    if _TERMINATED.is_set():
+        raise JobTerminated(_TERMINATED_TEXT)
+
+
 @contextlib.contextmanager
 def sigterm_raises() -> Iterator[None]:
     """Within the block, SIGTERM raises :class:`JobTerminated` (main thread only; restored after)."""
@@ -56,9 +77,10 @@ def sigterm_raises() -> Iterator[None]:
         return
 
     def _raise(signum, frame):
-        raise JobTerminated(f"terminated by {signal.Signals(signum).name} (a cluster time limit, scancel, "
-                            "or Snakemake stopping); the partial output was removed and the job can be rerun")
+        _TERMINATED.set()
+        raise JobTerminated(_TERMINATED_TEXT)
 
+    _TERMINATED.clear()
     previous = signal.signal(signal.SIGTERM, _raise)
     try:
         yield
@@ -122,5 +144,6 @@ def workflow_job(smk) -> Iterator[logging.Logger]:
         with job_environment(), script_logging(log_path, blame=lambda: job_sources(smk)) as log, \
                 warnings_logged(log), sigterm_raises():
             yield log
+            raise_if_terminated()
     except JobTerminated:
         raise SystemExit(TERMINATED_STATUS) from None

@@ -28,9 +28,12 @@ from zarr.codecs import BloscCodec
 from zarr.storage import LocalStore
 
 from califlow.errors import OutOfSpaceError, OutputPermissionError
+from califlow.job import raise_if_terminated
 
 __all__ = [
     "MOVIE_CHUNKS",
+    "free_bytes",
+    "size_text",
     "FrameWriter",
     "compressor",
     "atomic_output",
@@ -101,8 +104,8 @@ def _remove(path: Path, settle_s: float = 0.0) -> None:
         time.sleep(0.05)
 
 
-def _size_text(n: float) -> str:
-    """Bytes as B, KiB, MiB or GiB."""
+def size_text(n: float) -> str:
+    """Bytes as B, KiB, MiB or GiB (``size_text(3 * 2**30) == '3.0 GiB'``)."""
     for unit in ("B", "KiB", "MiB"):
         if abs(n) < 1024:
             return f"{n:.0f} B" if unit == "B" else f"{n:.1f} {unit}"
@@ -116,7 +119,11 @@ def _bytes_in(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else 0
 
 
-def _free_bytes(folder: Path) -> int:
+def free_bytes(folder: str | os.PathLike) -> int:
+    """Bytes free on the disk of ``folder``, or of its nearest existing parent."""
+    folder = Path(folder).absolute()
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
     return int(shutil.disk_usage(folder).free)
 
 
@@ -134,19 +141,19 @@ def check_free_space(path: str | os.PathLike, needed_bytes: int) -> None:
     that holds ``path``'s folder must cover it.
     """
     final = Path(path)
-    free = _free_bytes(final.parent)
+    free = free_bytes(final.parent)
     if needed_bytes > free:
-        raise OutOfSpaceError(errno.ENOSPC, f"not enough space for {final}: it needs {_size_text(needed_bytes)} "
-                              f"({needed_bytes} bytes) and {_size_text(free)} ({free} bytes) are free on its "
+        raise OutOfSpaceError(errno.ENOSPC, f"not enough space for {final}: it needs {size_text(needed_bytes)} "
+                              f"({needed_bytes} bytes) and {size_text(free)} ({free} bytes) are free on its "
                               "disk; free space or point the results elsewhere")
 
 
 def _out_of_space(final: Path, written: int, needed: int | None, exc: BaseException) -> Exception:
-    free = _free_bytes(final.parent)
-    need = (f"it needed {_size_text(needed)} ({needed} bytes)" if needed else
-            f"it needed more than the {_size_text(written)} ({written} bytes) written when the disk filled")
+    free = free_bytes(final.parent)
+    need = (f"it needed {size_text(needed)} ({needed} bytes)" if needed else
+            f"it needed more than the {size_text(written)} ({written} bytes) written when the disk filled")
     return OutOfSpaceError(errno.ENOSPC, f"the disk filled while writing {final}: {need}, and "
-                           f"{_size_text(free)} ({free} bytes) are free once its partial output is removed "
+                           f"{size_text(free)} ({free} bytes) are free once its partial output is removed "
                            f"({type(exc).__name__}: {exc}); free space or point the results elsewhere")
 
 
@@ -197,6 +204,7 @@ def atomic_output(path: str | os.PathLike, needed_bytes: int | None = None) -> I
     tmp = _tmp_name(final)
     try:
         yield tmp
+        raise_if_terminated()  # a SIGTERM whose exception a library swallowed: do not commit
     except BaseException as exc:
         _drain_zarr_io()
         if _writing_fails(exc, tmp):
