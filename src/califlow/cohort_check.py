@@ -28,12 +28,14 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class SessionProbe:
     """What the headers of one session say: frame rate (Hz, None when unknown), where it came
-    from, frame size (after ``spatial_ds``) and the native pixel type."""
+    from, frame size (after ``spatial_ds``), the native pixel type and the number of frames
+    after ``temporal_ds`` and ``target_fps`` (from the headers or timestamps: an estimate)."""
 
     fps: float | None
     fps_from: str
     shape: tuple[int, int]
     dtype: str
+    n_frames: int
 
 
 def size_difference(shapes) -> float:
@@ -43,18 +45,27 @@ def size_difference(shapes) -> float:
     return max((max(hs) - min(hs)) / min(hs), (max(ws) - min(ws)) / min(ws))
 
 
-def probe_session(path: str | Path, *, file_extension: str, fps: float | None, spatial_ds: int,
+def probe_session(path: str | Path, *, file_extension: str, fps: float | None, downsampling: Mapping,
                   default_fps: float | None) -> SessionProbe:
-    """Open a recording's headers (:func:`califlow.io.open_movie`) and report rate, size and dtype."""
+    """Open a recording's headers (:func:`califlow.io.open_movie`) and report rate, size, dtype and length.
+
+    ``downsampling`` is the resolved ``downsampling`` section (``spatial_ds``, ``temporal_ds``,
+    ``target_fps``).
+    """
     from califlow.io import open_movie
     from califlow.preprocess.downsample import downsampled_shape
+    from califlow.preprocess.resample import resampled_length
 
     src = open_movie(path, file_extension=file_extension, fps=fps)
     rate, origin = src.fps, str(src.metadata.get("fps_from") or "file timing")
     if rate is None and default_fps:
         rate, origin = float(default_fps), "general.sf (the recording gives none)"
-    h, w = downsampled_shape(src.shape[1], src.shape[2], int(spatial_ds))
-    return SessionProbe(rate, origin, (h, w), str(src.native_dtype))
+    h, w = downsampled_shape(src.shape[1], src.shape[2], int(downsampling["spatial_ds"]))
+    k = int(downsampling["temporal_ds"])
+    n = -(-int(src.shape[0]) // k)
+    if downsampling.get("target_fps") and rate:
+        n = resampled_length(n, rate / k, float(downsampling["target_fps"]))
+    return SessionProbe(rate, origin, (h, w), str(src.native_dtype), n)
 
 
 def _rate_problem(animal: str, probes: dict[str, SessionProbe], k: int, tolerance: float) -> str | None:
@@ -104,20 +115,24 @@ def check_animals(sessions: pd.DataFrame, cfg: Mapping, *, skip_missing: bool = 
     ds, isa = cfg["downsampling"], cfg["inter_session_alignment"]
     probes: dict[str, dict[str, SessionProbe]] = {}
     table = sessions.reset_index(drop=True)
-    several = table["animal"].map(table["animal"].value_counts()) > 1  # one session: nothing to agree with
-    for row in table[several].itertuples():
+    several = table["animal"].map(table["animal"].value_counts()) > 1
+    for i, row in enumerate(table.itertuples()):
         if skip_missing and not Path(row.path).exists():
             continue
         fps = None if row.fps != row.fps else float(row.fps)
         try:
             probes.setdefault(row.animal, {})[row.session] = probe_session(
-                row.path, file_extension=ds["file_extension"], fps=fps, spatial_ds=int(ds["spatial_ds"]),
+                row.path, file_extension=ds["file_extension"], fps=fps, downsampling=ds,
                 default_fps=cfg["general"]["sf"])
-        except InputError as exc:
+        except Exception as exc:
+            if not several[i]:  # nothing to agree with: the ingest job reports it, naming the frame
+                continue
+            if not isinstance(exc, InputError):
+                raise
             raise InputError(f"animal {row.animal}, session {row.session} ({row.path}): {exc}") from exc
     problems = []
     for animal, found in probes.items():
-        if len(found) < 2:
+        if len(found) < 2:  # one session: nothing to agree with
             continue
         if not ds.get("target_fps"):
             problems.append(_rate_problem(animal, found, int(ds["temporal_ds"]), float(isa["fps_tolerance"])))

@@ -3,11 +3,13 @@
 
 import os
 import re
+import sys
 from pathlib import Path
 
 from snakemake.utils import validate
 
 from califlow.cohort_check import check_animals
+from califlow.disk_budget import budget_lines
 from califlow.host import physical_memory_gb
 from califlow.params import resolve_config
 from califlow.sessions import read_sessions, sessions_from_files, subject_of, validate_sessions
@@ -38,9 +40,13 @@ def _load_sessions():
 
 SESSIONS = _load_sessions()
 validate(SESSIONS.reset_index(drop=True), schema="../schemas/sessions.schema.yaml")
-if workflow.is_main_process:  # not in every cluster job: opens each recording's headers
-    check_animals(SESSIONS, CFG)  # frame rate and size agree within each animal
 ANIMALS = list(dict.fromkeys(SESSIONS["animal"]))
+if workflow.is_main_process:  # not in every cluster job: opens each recording's headers
+    PROBES = check_animals(SESSIONS, CFG)  # frame rate and size agree within each animal
+    DISK_LINES, DISK_WARNING = budget_lines(PROBES, ANIMALS, keep_intermediates=CFG["keep_intermediates"])
+    print("\n".join(DISK_LINES), file=sys.stderr)  # stderr: `snakemake --dag | dot` stays clean
+    if DISK_WARNING:
+        print(f"califlow WARNING: {DISK_WARNING}", file=sys.stderr)
 ANIMAL_PATTERN = "|".join(map(re.escape, ANIMALS))
 SESSION_PATTERN = "|".join(map(re.escape, dict.fromkeys(SESSIONS["session"])))
 
