@@ -21,7 +21,7 @@ from workflow_helpers import REPO, make_workdir, output_hashes, run_snakemake, s
 
 from califlow.cohort_check import check_animals
 from califlow.disk_budget import animal_budget
-from califlow.io.store import open_group
+from califlow.io.store import bytes_in, open_group
 from califlow.params import resolve_config
 from califlow.sessions import read_sessions
 
@@ -105,10 +105,6 @@ def test_rerun_with_nothing_changed_does_nothing(demo):
     assert "Nothing to be done" in proc.stdout, proc.stdout[-3000:]
 
 
-def _bytes_in(path) -> int:
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
-
-
 def test_the_disk_estimate_printed_at_start_bounds_what_the_run_wrote(demo, monkeypatch):
     """With the recordings there, the start prints each animal's estimate; the stores the run wrote
     are no larger (it is an upper bound) and not much smaller (it is still an estimate)."""
@@ -121,10 +117,10 @@ def test_the_disk_estimate_printed_at_start_bounds_what_the_run_wrote(demo, monk
         b = animal_budget(probes[animal])
         res = demo["work"] / "results" / animal
         assert f"{animal}: 3 session(s), 900 frames of {b.shape[0]}x{b.shape[1]} px: aligned.zarr" in proc.stdout
-        aligned = _bytes_in(res / "aligned.zarr")
+        aligned = bytes_in(res / "aligned.zarr")
         assert 0.5 * b.aligned <= aligned <= b.aligned, (aligned, b)
         K = open_group(res / "cnmfe.zarr")["A"].shape[0]
-        per_neuron = _bytes_in(res / "cnmfe.zarr") + sum(_bytes_in(d) for d in res.glob("sessions/*/export"))
+        per_neuron = bytes_in(res / "cnmfe.zarr") + sum(bytes_in(d) for d in res.glob("sessions/*/export"))
         assert 0.4 * K * b.per_100_neurons / 100 <= per_neuron <= K * b.per_100_neurons / 100, (per_neuron, K, b)
 
 

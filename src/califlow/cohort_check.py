@@ -124,12 +124,13 @@ def check_animals(sessions: pd.DataFrame, cfg: Mapping, *, skip_missing: bool = 
             probes.setdefault(row.animal, {})[row.session] = probe_session(
                 row.path, file_extension=ds["file_extension"], fps=fps, downsampling=ds,
                 default_fps=cfg["general"]["sf"])
-        except Exception as exc:
-            if not several[i]:  # nothing to agree with: the ingest job reports it, naming the frame
-                continue
-            if not isinstance(exc, InputError):
+        except InputError as exc:
+            if several[i]:
+                raise InputError(f"animal {row.animal}, session {row.session} ({row.path}): {exc}") from exc
+        except Exception:
+            if several[i]:
                 raise
-            raise InputError(f"animal {row.animal}, session {row.session} ({row.path}): {exc}") from exc
+            # one session, nothing to agree with: no estimate; its ingest job reports the fault
     problems = []
     for animal, found in probes.items():
         if len(found) < 2:  # one session: nothing to agree with

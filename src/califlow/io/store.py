@@ -32,6 +32,7 @@ from califlow.job import raise_if_terminated
 
 __all__ = [
     "MOVIE_CHUNKS",
+    "bytes_in",
     "free_bytes",
     "size_text",
     "FrameWriter",
@@ -113,7 +114,9 @@ def size_text(n: float) -> str:
     return f"{n:.1f} GiB"
 
 
-def _bytes_in(path: Path) -> int:
+def bytes_in(path: str | os.PathLike) -> int:
+    """Bytes of the files in ``path`` (a file or a folder, recursively); 0 when it does not exist."""
+    path = Path(path)
     if path.is_file():
         return path.stat().st_size
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else 0
@@ -215,7 +218,7 @@ def atomic_output(path: str | os.PathLike, needed_bytes: int | None = None) -> I
         if not is_out_of_space(exc) or isinstance(exc, OutOfSpaceError):
             _remove(tmp)
             raise
-        written = _bytes_in(tmp)
+        written = bytes_in(tmp)
         _remove(tmp, settle_s=0.5)  # writer threads still in flight may recreate chunk folders
         raise _out_of_space(final, written, needed_bytes, exc) from exc
     if not tmp.exists():
