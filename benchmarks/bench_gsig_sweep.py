@@ -11,7 +11,8 @@ rendered without motion (``califlow.cnmfe.simulated.write_aligned_store``) and e
 with each gSig; CNMF-E runs with that gSig and no measured floor (every size follows gSig
 itself).  Only APIs that every califlow version has are used, so the same script measures
 an older checkout.  Prints one row per gSig: neurons found, precision, recall, F1, the
-median footprint correlation with the ground truth, and the largest drop in the count
+median footprint correlation with the ground truth, the median spoke index of the footprints
+(:func:`califlow.metrics.spoke_index`, 1 for round ones, > 1 for 8-ray stars), and the largest drop in the count
 between neighbouring values.
 """
 
@@ -22,6 +23,16 @@ import os
 import sys
 import tempfile
 from pathlib import Path
+
+import numpy as np
+
+
+def _median_spokes(A) -> str:
+    try:
+        from califlow.metrics import spoke_index
+    except ImportError:                  # an older checkout
+        return "n/a"
+    return f"{np.median([spoke_index(a) for a in A]):.3f}" if len(A) else "n/a"
 
 
 def main(argv=None) -> None:
@@ -46,7 +57,7 @@ def main(argv=None) -> None:
     work = args.workdir or Path(tempfile.mkdtemp(prefix="bench_sweep_"))
     work.mkdir(parents=True, exist_ok=True)
     counts = []
-    print("| gSig | neurons | P | R | F1 | footprint r |\n|---|---|---|---|---|---|")
+    print("| gSig | neurons | P | R | F1 | footprint r | spoke index |\n|---|---|---|---|---|---|---|")
     for g in args.gsig:
         store = work / f"aligned_{g}.zarr"
         if not store.exists():
@@ -56,7 +67,7 @@ def main(argv=None) -> None:
         r = score_extraction(animal.ground_truth, ex.A, ex.C, ex.S)
         counts.append(ex.C.shape[0])
         print(f"| {g:g} | {ex.C.shape[0]} | {r['precision']:.3f} | {r['recall']:.3f} | {r['f1']:.3f} | "
-              f"{r['footprint_r']:.3f} |", flush=True)
+              f"{r['footprint_r']:.3f} | {_median_spokes(ex.A)} |", flush=True)
     drops = [1 - b / max(a, 1) for a, b in zip(counts[:-1], counts[1:])]
     i = max(range(len(drops)), key=drops.__getitem__) if drops else 0
     if drops:

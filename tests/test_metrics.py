@@ -179,3 +179,16 @@ def test_bad_inputs():
                           bin_frames=0)
     empty = match_neurons(np.zeros((0, H, W)), _discs([(50, 50)]))
     assert empty.f1 == 0.0 and empty.precision == 0.0
+
+
+def test_spoke_index_is_one_for_a_round_blob_and_large_for_an_eight_ray_star():
+    from califlow.metrics import spoke_index
+
+    yy, xx = np.mgrid[0:41, 0:41] - 20.0
+    round_blob = np.exp(-(yy ** 2 + xx ** 2) / (2 * 3.0 ** 2))
+    assert abs(spoke_index(round_blob) - 1.0) < 0.02
+    rays = np.cos(8 * np.arctan2(yy, xx)) * np.clip((np.hypot(yy, xx) - 2) / 3, 0, 1)   # peak stays central
+    star = round_blob * (1 + 0.8 * rays)               # rays on the axes and diagonals
+    assert spoke_index(star) > 1.5
+    assert spoke_index(round_blob * (1 - 0.8 * rays)) < 0.7   # flat sides facing the rays
+    assert np.isnan(spoke_index(np.zeros((9, 9))))

@@ -314,3 +314,26 @@ def test_presets_and_bad_parameters():
         write_animal(simulate_animal(tiny_config(), 0), "/nonexistent", dtype="uint16")
     with pytest.raises(IndexError, match="session 5"):
         simulate_animal(tiny_config(), 0).session_frames(5, 0, 1)
+
+
+def test_out_of_focus_cells_add_blobs_with_transients_and_nothing_else():
+    from califlow.simulate import preset, simulate_animal
+
+    cfg = preset("default", height=64, width=64, n_sessions=2, frames_per_session=120, n_neurons=8,
+                 translation=0.0, deformation=0.0, motion_std=0.0, n_jumps=0)
+    plain = simulate_animal(cfg, seed=3)
+    blobs = simulate_animal(cfg.replace(n_defocused=3, defocus_amplitude=1.0), seed=3)
+    np.testing.assert_array_equal(plain.ground_truth.C, blobs.ground_truth.C)    # neurons untouched
+    extra = blobs.session_frames(1, noise=False) - plain.session_frames(1, noise=False)
+    assert extra.min() > -1e-3
+    centres = np.asarray(blobs.ground_truth.extra["defocused_centers"])
+    sigma = np.asarray(blobs.ground_truth.extra["defocused_sigma"])
+    assert centres.shape == (3, 2) and np.all(sigma > 0.8 * cfg.neuron_diameter)
+    yy, xx = np.mgrid[:64, :64]
+    near = np.zeros((64, 64), bool)
+    for (cy, cx), s in zip(centres, sigma):
+        near |= (yy - cy) ** 2 + (xx - cx) ** 2 < (4 * s) ** 2
+        if 0 <= cy < 64 and 0 <= cx < 64:
+            course = extra[:, int(cy), int(cx)]
+            assert course.max() > 0.3 * cfg.amplitude and np.median(course) < 0.5 * course.max()  # transients
+    assert np.abs(extra[:, ~near]).max() < 0.05 * cfg.amplitude if (~near).any() else True

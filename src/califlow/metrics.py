@@ -36,6 +36,7 @@ __all__ = [
     "session_assignments",
     "tracking_f1",
     "motion_rmse",
+    "spoke_index",
     "score_extraction",
 ]
 
@@ -313,6 +314,26 @@ def tracking_f1(assign, true_active, present=None) -> dict:
     recall = tp / (tp + fn) if tp + fn else float("nan")
     f1 = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else float("nan")
     return dict(tp=tp, fp=fp, fn=fn, precision=precision, recall=recall, f1=f1)
+
+
+def spoke_index(image: np.ndarray, max_radius: float = 8.0) -> float:
+    """How much a blob follows the 8-neighbourhood's rays: 1 for a round blob, > 1 for a star.
+
+    The image (H, W) is sampled (bilinear) around its maximum on 16 directions 22.5 deg apart,
+    at radii 1.5 to ``max_radius`` px by 0.5 px.  Returns the sum on the 8 directions of the
+    pixel grid's axes and diagonals over the sum on the 8 directions between them (NaN when
+    the latter is 0).  An 8-ray star has more weight on the rays; a polygon's flat sides
+    facing the rays give < 1.
+    """
+    img = np.asarray(image, dtype=np.float64)
+    cy, cx = np.unravel_index(int(np.argmax(img)), img.shape)
+    angles = np.deg2rad(np.arange(16) * 22.5)
+    radii = np.arange(1.5, float(max_radius) + 1e-9, 0.5)
+    yy = cy + radii[:, None] * np.sin(angles)[None]
+    xx = cx + radii[:, None] * np.cos(angles)[None]
+    v = ndimage.map_coordinates(img, [yy, xx], order=1, mode="constant")
+    between = float(v[:, 1::2].sum())
+    return float(v[:, 0::2].sum()) / between if between > 0 else float("nan")
 
 
 def motion_rmse(est, true) -> tuple[float, float]:

@@ -41,6 +41,7 @@ BLOCK = 32
 # stream tags of np.random.default_rng([seed, tag, ...]); one per independent random draw
 _T_CENTERS, _T_SHAPES, _T_VESSELS, _T_TEXTURE, _T_ILLUM, _T_LOCAL, _T_RATES = range(7)
 _T_TURNOVER, _T_SPIKES, _T_MOTION, _T_BG, _T_SESSION, _T_NOISE, _T_ALIGNED_NOISE, _T_WOBBLE = range(7, 15)
+_T_DEFOCUS = 15
 
 _WOBBLE_FIELDS = 3
 
@@ -310,11 +311,14 @@ def simulate_animal(config: SimulationConfig, seed: int = 0) -> SimulatedAnimal:
     rates, amps, tau_r, tau_d = _draw_kinetics(c, seed)
     active, spikes, calcium = _draw_activity(c, seed, bounds, rates, amps, tau_r, tau_d)
     glob, pulse, loc_courses, bright, contrast = _draw_background(c, seed, bounds)
+    def_centers, def_sigma, def_courses = _draw_defocused(c, seed, bounds)
     translations, disps, maps = _draw_geometry(c, seed, margin)
     state = dict(pad=pad, margin=margin, centers=anat["centers"], patches=anat["patches"],
-                 vessels_ref=anat["vessels_ref"], tissue_ref=anat["tissue_ref"], loc_centers=anat["loc_centers"],
-                 loc_sigma=anat["loc_sigma"], disps=disps, bright=bright, contrast=contrast, global_=glob,
-                 local_courses=loc_courses, pulse=pulse)
+                 vessels_ref=anat["vessels_ref"], tissue_ref=anat["tissue_ref"],
+                 loc_centers=np.concatenate([anat["loc_centers"], def_centers]),
+                 loc_sigma=np.concatenate([anat["loc_sigma"], def_sigma]), disps=disps, bright=bright,
+                 contrast=contrast, global_=glob, local_courses=np.concatenate([loc_courses, def_courses]),
+                 pulse=pulse)
     state["global"] = glob
     centers_ref, ref_csr = _reference_footprints(state, (h, w), margin, c.halo_sigma)
     gt = GroundTruth(
@@ -326,7 +330,8 @@ def simulate_animal(config: SimulationConfig, seed: int = 0) -> SimulatedAnimal:
         vessels=anat["vessels_ref"][pad:pad + h, pad:pad + w].copy(),
         vessels_session=np.zeros((n_s, h, w), np.float32), baseline_session=np.zeros((n_s, h, w), np.float32),
         illumination=anat["illum"], wobble_basis=wob_basis, wobble_coef=wob_coef,
-        extra={"rates_hz": rates.tolist(), "amplitudes": amps.tolist(), "margin": margin, "pad": pad})
+        extra={"rates_hz": rates.tolist(), "amplitudes": amps.tolist(), "margin": margin, "pad": pad,
+               "defocused_centers": def_centers.tolist(), "defocused_sigma": def_sigma.tolist()})
     animal = SimulatedAnimal(c, seed, gt, state)
     _session_ground_truth_images(animal)
     return animal
@@ -478,6 +483,34 @@ def _draw_background(c: SimulationConfig, seed: int, bounds: np.ndarray
             bright[s] = 1 + c.session_baseline_change * r_ses.standard_normal()
             contrast[s] = np.clip(c.vessels * (1 + c.session_vessel_change * r_ses.standard_normal()), 0, 1)
     return glob, pulse, loc_courses, bright, contrast
+
+
+def _draw_defocused(c: SimulationConfig, seed: int, bounds: np.ndarray
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Out-of-focus cells: Gaussian blobs in the tissue whose light follows calcium transients.
+
+    They are part of the background (not neurons to find): what a 1p microscope sees of cells
+    above and below the focal plane.  Each is active in every session, with the neurons' rate
+    distribution and kinetics.
+
+    Returns
+    -------
+    centers : (n, 2) float, reference-frame px;  sigma : (n,) px (``defocus_sigma`` neuron
+    diameters, +-25 %);  courses : float32 (n, T), DN at the blob peak.
+    """
+    n, t_s = c.n_defocused, c.frames_per_session
+    r = _rng(seed, _T_DEFOCUS)
+    centers = r.uniform([0.0, 0.0], [c.height, c.width], (n, 2))
+    sigma = c.defocus_sigma * c.neuron_diameter * r.uniform(0.8, 1.25, n)
+    rates = np.clip(c.rate_hz * np.exp(c.rate_spread * r.standard_normal(n)), c.rate_min_hz, c.rate_max_hz)
+    amps = c.defocus_amplitude * c.amplitude * np.exp(c.amplitude_spread * r.standard_normal(n))
+    tau_r, tau_d = np.full(n, c.tau_rise, np.float32), np.full(n, c.tau_decay, np.float32)
+    courses = np.zeros((n, int(bounds[-1])), np.float32)
+    for s in range(c.n_sessions):
+        sp_s = activity.spike_trains(n, t_s, c.fps, rate_hz=rates, amplitude=amps, event_jitter=c.event_jitter,
+                                     correlation=c.correlation, rng=_rng(seed, _T_DEFOCUS, s + 1))
+        courses[:, bounds[s]:bounds[s + 1]] = activity.calcium_traces(sp_s, tau_r, tau_d, c.fps)
+    return centers, sigma, courses
 
 
 def _draw_geometry(c: SimulationConfig, seed: int, margin: int) -> tuple[np.ndarray, list, np.ndarray]:

@@ -41,6 +41,9 @@ class SimulationConfig:
     dendrite_weight: float = 0.2      #: relative weight of a faint dendrite-like extension (gaussian)
     halo_weight: float = 0.15         #: neuropil-like halo added to the movie with each trace
     halo_sigma: float = 10.0          #: Gaussian width of the halo (px)
+    n_defocused: int = 0              #: out-of-focus cells: blurred sources with calcium transients, not neurons
+    defocus_sigma: float = 1.0        #: their Gaussian width (neuron diameters)
+    defocus_amplitude: float = 0.5    #: their event amplitude at the blob peak (fraction of ``amplitude``)
     # --- activity ----------------------------------------------------------------------
     rate_hz: float = 0.2              #: median event rate (Hz)
     rate_spread: float = 0.6          #: log-normal sigma of the per-neuron rate
@@ -177,14 +180,16 @@ def _check(c: SimulationConfig) -> None:
         if int(getattr(c, name)) < 1:
             bad(name, "must be a positive integer")
     for name in ("fps", "neuron_diameter", "tau_rise", "tau_decay", "amplitude", "baseline",
-                 "local_sigma", "background_tau", "deformation_scale", "wobble_scale", "halo_sigma"):
+                 "local_sigma", "background_tau", "deformation_scale", "wobble_scale", "halo_sigma",
+                 "defocus_sigma"):
         if not float(getattr(c, name)) > 0:
             bad(name, "must be > 0")
     for name in ("n_neurons", "n_local_sources", "n_vessels", "n_jumps", "min_spacing", "edge_margin",
                  "size_jitter", "rate_spread", "tau_jitter", "amplitude_spread", "event_jitter", "texture",
                  "global_fluct", "local_amp", "vessel_pulse", "motion_std", "jump_max", "wobble",
                  "translation", "deformation", "session_baseline_change", "session_vessel_change",
-                 "offset", "gain", "read_noise", "halo_weight", "dendrite_weight", "rate_min_hz"):
+                 "offset", "gain", "read_noise", "halo_weight", "dendrite_weight", "rate_min_hz",
+                 "n_defocused", "defocus_amplitude"):
         if float(getattr(c, name)) < 0:
             bad(name, "must be >= 0")
     for name in ("overlap", "correlation", "vignetting", "vessels"):
@@ -230,7 +235,7 @@ PRESETS: dict[str, SimulationConfig] = {
                                    halo_sigma=15.0, deformation_scale=100.0, n_vessels=8,
                                    vessel_width=(3.0, 12.0), translation=20.0, deformation=6.0,
                                    motion_std=2.5, jump_max=6.0),
-    # the range labs record (issue: robust extraction); see docs/simulator.md
+    # the range labs record (issue: robust extraction); listed in docs/architecture.md
     "small_neurons": _BASE.with_neuron_diameter(5.0),
     "large_neurons": _BASE.with_neuron_diameter(16.0),
     "huge_neurons": _BASE.with_neuron_diameter(20.0),
@@ -240,6 +245,10 @@ PRESETS: dict[str, SimulationConfig] = {
     "pnr3": _BASE.replace(amplitude=11.4),
     "pnr20": _BASE.replace(amplitude=75.7),
     "vessel_rich": _BASE.replace(n_vessels=10, vessels=0.6, vessel_width=(3.0, 10.0), vessel_pulse=0.15),
+    # out-of-focus cells (diffuse blobs with transients) over a sparse and a dense low-SNR field
+    "defocused": _BASE.replace(n_defocused=16),
+    "defocused_dense": _BASE.replace(n_neurons=200, min_spacing=6.0, amplitude=14.0, gain=0.6, read_noise=2.0,
+                                     overlap=0.5, correlation=0.3, local_amp=24.0, n_defocused=16),
     "inscopix": _BASE.replace(height=400, width=640, n_sessions=3, frames_per_session=2000, n_neurons=220,
                               min_spacing=7.0).as_uint16(scale=16.0),
 }
