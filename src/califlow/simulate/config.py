@@ -219,6 +219,8 @@ def _validated(c: SimulationConfig) -> SimulationConfig:
 
 
 _BASE = SimulationConfig()
+_DENSE_LOWSNR = _BASE.replace(n_neurons=200, min_spacing=6.0, amplitude=14.0, gain=0.6, read_noise=2.0,
+                              overlap=0.5, correlation=0.3, local_amp=24.0)
 
 #: Named configurations. ``"default"`` is :class:`SimulationConfig` itself.
 PRESETS: dict[str, SimulationConfig] = {
@@ -226,8 +228,7 @@ PRESETS: dict[str, SimulationConfig] = {
                           n_local_sources=8, n_vessels=4, translation=8.0, deformation=2.0,
                           amplitude=40.0),
     "default": _BASE,
-    "dense_lowsnr": _BASE.replace(n_neurons=200, min_spacing=6.0, amplitude=14.0, gain=0.6, read_noise=2.0,
-                                  overlap=0.5, correlation=0.3, local_amp=24.0),
+    "dense_lowsnr": _DENSE_LOWSNR,
     "vessel_poor": _BASE.replace(vessels=0.08, n_vessels=2, vessel_width=(1.5, 3.0)),
     "wobble": _BASE.replace(wobble=2.0, deformation=5.0),
     "benchmark_608": _BASE.replace(height=608, width=608, n_sessions=2, frames_per_session=3000, n_neurons=300,
@@ -247,8 +248,7 @@ PRESETS: dict[str, SimulationConfig] = {
     "vessel_rich": _BASE.replace(n_vessels=10, vessels=0.6, vessel_width=(3.0, 10.0), vessel_pulse=0.15),
     # out-of-focus cells (diffuse blobs with transients) over a sparse and a dense low-SNR field
     "defocused": _BASE.replace(n_defocused=16),
-    "defocused_dense": _BASE.replace(n_neurons=200, min_spacing=6.0, amplitude=14.0, gain=0.6, read_noise=2.0,
-                                     overlap=0.5, correlation=0.3, local_amp=24.0, n_defocused=16),
+    "defocused_dense": _DENSE_LOWSNR.replace(n_defocused=16),
     "inscopix": _BASE.replace(height=400, width=640, n_sessions=3, frames_per_session=2000, n_neurons=220,
                               min_spacing=7.0).as_uint16(scale=16.0),
 }
