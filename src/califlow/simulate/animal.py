@@ -408,12 +408,19 @@ def _draw_kinetics(c: SimulationConfig, seed: int) -> tuple[np.ndarray, np.ndarr
     rise at most 0.8 decay)."""
     k = c.n_neurons
     r_rate = _rng(seed, _T_RATES)
-    rates = np.clip(c.rate_hz * np.exp(c.rate_spread * r_rate.standard_normal(k)), c.rate_min_hz, c.rate_max_hz)
-    amps = c.amplitude * np.exp(c.amplitude_spread * r_rate.standard_normal(k))
+    rates, amps = _rates_and_amplitudes(c, k, c.amplitude, r_rate)
     tau_r = (c.tau_rise * np.clip(1 + c.tau_jitter * r_rate.standard_normal(k), 0.5, 1.5)).astype(np.float32)
     tau_d = (c.tau_decay * np.clip(1 + c.tau_jitter * r_rate.standard_normal(k), 0.5, 1.5)).astype(np.float32)
     tau_r = np.minimum(tau_r, 0.8 * tau_d)
     return rates, amps, tau_r, tau_d
+
+
+def _rates_and_amplitudes(c: SimulationConfig, n: int, amplitude: float, rng: np.random.Generator
+                          ) -> tuple[np.ndarray, np.ndarray]:
+    """Per source (n,): log-normal event rate (Hz, clipped to the configured range) and median
+    event amplitude around ``amplitude`` (rates drawn first, then amplitudes)."""
+    rates = np.clip(c.rate_hz * np.exp(c.rate_spread * rng.standard_normal(n)), c.rate_min_hz, c.rate_max_hz)
+    return rates, amplitude * np.exp(c.amplitude_spread * rng.standard_normal(n))
 
 
 def _draw_activity(c: SimulationConfig, seed: int, bounds: np.ndarray, rates: np.ndarray, amps: np.ndarray,
@@ -502,8 +509,7 @@ def _draw_defocused(c: SimulationConfig, seed: int, bounds: np.ndarray
     r = _rng(seed, _T_DEFOCUS)
     centers = r.uniform([0.0, 0.0], [c.height, c.width], (n, 2))
     sigma = c.defocus_sigma * c.neuron_diameter * r.uniform(0.8, 1.25, n)
-    rates = np.clip(c.rate_hz * np.exp(c.rate_spread * r.standard_normal(n)), c.rate_min_hz, c.rate_max_hz)
-    amps = c.defocus_amplitude * c.amplitude * np.exp(c.amplitude_spread * r.standard_normal(n))
+    rates, amps = _rates_and_amplitudes(c, n, c.defocus_amplitude * c.amplitude, r)
     tau_r, tau_d = np.full(n, c.tau_rise, np.float32), np.full(n, c.tau_decay, np.float32)
     courses = np.zeros((n, int(bounds[-1])), np.float32)
     for s in range(c.n_sessions):
