@@ -18,7 +18,7 @@ def main(smk) -> None:
         tolerance = float(config["inter_session_alignment"]["fps_tolerance"])  # job_config resolved it
         summary = concatenate(list(smk.input.enhanced), smk.input.alignment, smk.output[0],
                               names=list(smk.params.sessions), projections=list(smk.input.projections),
-                              fps_tolerance=tolerance, params=config)
+                              fps_tolerance=tolerance, dtype=config["concatenation"]["dtype"], params=config)
         for s in summary["sessions"]:
             log.info("session %s: frames %d-%d (%g fps)", s["name"], s["start"], s["stop"], s["fps"])
 

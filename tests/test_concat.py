@@ -10,6 +10,7 @@ from califlow.align import align_options, align_sessions, apply_map, concatenate
 from califlow.align.maps import identity_map
 from califlow.align.pipeline import Alignment
 from califlow.align.score import random_smooth_field
+from califlow.cnmfe.data import AlignedStore
 from califlow.errors import InputError
 from califlow.io.store import create_movie, open_group
 
@@ -177,3 +178,42 @@ def test_vessel_pulsation_is_regressed_out_of_the_concatenated_movie(sessions, t
         expected = apply_map(pulse, al.maps[k], to="aligned", fill=0.0)
         np.testing.assert_allclose(b[start:start + n] - a[start:start + n], expected, atol=1e-4)
         start += n
+
+
+@pytest.mark.parametrize("dtype, itemsize", [("float16", 2), ("uint16-scaled", 2)])
+def test_half_size_dtypes_store_the_movie_within_their_stated_error(sessions, tmp_path, dtype, itemsize):
+    shapes, movies, paths = sessions
+    al = _alignment(shapes)
+    al.maps[2][:, :, :5] = np.nan                 # padded pixels must stay exactly 0
+    projections = [{"mean": m.mean(0), "bv": m.std(0), "cn": m.max(0), "pnr": m.min(0)} for m in movies]
+    concatenate(paths, al, tmp_path / "f32.zarr")
+    concatenate(paths, al, tmp_path / "half.zarr", dtype=dtype, projections=projections)
+    ref = zarr.open_group(str(tmp_path / "f32.zarr"), mode="r")["movie"][...]
+    raw = zarr.open_group(str(tmp_path / "half.zarr"), mode="r")["movie"]
+    assert raw.dtype.itemsize == itemsize and raw.attrs["califlow_encoding"]["name"] == dtype
+    store = AlignedStore(tmp_path / "half.zarr")  # what CNMF-E and cell QC read
+    got = store.read(0, ref.shape[0])
+    assert got.dtype == np.float32 and got.shape == ref.shape
+    err = np.abs(got - ref)
+    if dtype == "float16":
+        assert (err <= np.abs(ref) * 2.0 ** -11 + 1e-7).all()
+    else:
+        step = store.encoding.scale
+        assert 0 < step <= max(m.max() for m in movies) / 65534 * 1.0001   # the range of the sessions and 0
+        assert err.max() <= step / 2 + 2 * np.spacing(np.float32(ref.max()))   # + float32 rounding
+        assert err.max() > step / 10              # really quantised (not float32 in disguise)
+    assert (got[205:306, :, :5] == 0).all()
+
+
+def test_float16_refuses_values_it_cannot_hold(sessions, tmp_path):
+    shapes, movies, paths = sessions
+    big = movies[1].copy()
+    big[42, 10, 10] = 7e4
+    bigpath = _write_enhanced(tmp_path / "big.zarr", big)
+    out = tmp_path / "aligned.zarr"
+    with pytest.raises(InputError, match="big.zarr: frame 42 of session 's1' holds a value of magnitude 70000.*"
+                                         "float16.*use float32"):
+        concatenate([paths[0], bigpath, paths[2]], _alignment(shapes), out, dtype="float16")
+    assert not out.exists()
+    concatenate([paths[0], bigpath, paths[2]], _alignment(shapes), out, dtype="uint16-scaled")
+    assert zarr.open_group(str(out), mode="r")["movie"][...].max() > 0   # the range pass covers it

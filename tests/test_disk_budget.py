@@ -30,6 +30,9 @@ def test_an_animal_counts_its_frames_on_the_common_field_of_view():
     cnmfe = (3 * 96 * 120 + 3 * 500) * 4
     exports = (3 * 100 * 120 + 5 * 300) * 4 + 3 * 300 * 10 + (3 * 96 * 124 + 5 * 200) * 4 + 3 * 200 * 10
     assert b.per_100_neurons == 100 * (cnmfe + exports)
+    for dtype in ("float16", "uint16-scaled"):  # concatenation.dtype: 2 bytes a value, nothing else changes
+        half = animal_budget({"s1": _probe(300, (100, 120)), "s2": _probe(200, (96, 124))}, dtype)
+        assert half.aligned == 500 * 96 * 120 * 2 and half.intermediates == b.intermediates
 
 
 def test_the_probe_counts_frames_after_temporal_downsampling_and_resampling(tmp_path):

@@ -1,14 +1,15 @@
 """The disk a run will take, estimated from the recordings' headers before any job starts.
 
-Every movie store holds float32 frames: per session ``ingest.zarr`` and ``enhanced.zarr``
+The movie stores hold float32 frames: per session ``ingest.zarr`` and ``enhanced.zarr``
 (intermediates: deleted once their animal's ``aligned.zarr`` is written, unless
-``keep_intermediates``), and per animal ``aligned.zarr`` (kept) over the field of view common
-to its sessions. The figures are uncompressed sizes, an upper bound: blosc-zstd shrinks these
-noise-like movies by only 1.1-1.3x (:func:`califlow.io.store.compressor`), and the zeros
-that pad its edge chunks compress away. ``enhanced.zarr`` is written without compression
-(speed), so its edge chunks count whole (:data:`califlow.io.store.MOVIE_CHUNKS`). What depends on
-the number of neurons (``cnmfe.zarr``, the ``.isxd`` cell sets, the NWB files and the CSV
-traces) is given per 100 neurons, since that number is known only after extraction.
+``keep_intermediates``), and per animal ``aligned.zarr`` (kept; 2 bytes a value with
+``concatenation.dtype`` float16 or uint16-scaled) over the field of view common to its
+sessions. The figures are uncompressed sizes, an upper bound: blosc-zstd shrinks these noise-
+like movies by only 1.1-1.3x (:func:`califlow.io.store.compressor`), and the zeros that pad its
+edge chunks compress away. ``enhanced.zarr`` is written without compression (speed), so its
+edge chunks count whole (:data:`califlow.io.store.MOVIE_CHUNKS`). What depends on the number of
+neurons (``cnmfe.zarr``, the ``.isxd`` cell sets, the NWB files and the CSV traces) is given
+per 100 neurons, since that number is known only after extraction.
 
 Frame counts come from the headers or timestamp files (:func:`califlow.cohort_check.probe_session`);
 an AVI whose header lies is counted exactly only when it is decoded.
@@ -20,7 +21,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from califlow.cohort_check import SessionProbe
+from califlow.io.encoding import MovieEncoding
 from califlow.io.store import MOVIE_CHUNKS, free_bytes, size_text
+from califlow.params import default_config
 
 __all__ = ["AnimalBudget", "animal_budget", "budget_lines"]
 
@@ -74,8 +77,10 @@ def _stored_frames(n_frames: int, shape: tuple[int, int]) -> int:
     return (-(-n_frames // ct) * ct) * (-(-shape[0] // ch) * ch) * (-(-shape[1] // cw) * cw)
 
 
-def animal_budget(probes: Mapping[str, SessionProbe]) -> AnimalBudget:
-    """Estimate one animal's disk use from its sessions' probes (``{session: SessionProbe}``)."""
+def animal_budget(probes: Mapping[str, SessionProbe], aligned_dtype: str | None = None) -> AnimalBudget:
+    """Estimate one animal's disk use from its sessions' probes (``{session: SessionProbe}``);
+    ``aligned_dtype`` is ``concatenation.dtype`` (the schema's when None; float16 and
+    uint16-scaled take 2 bytes a value)."""
     shapes = [p.shape for p in probes.values()]
     H, W = min(s[0] for s in shapes), min(s[1] for s in shapes)
     T = sum(p.n_frames for p in probes.values())
@@ -84,11 +89,12 @@ def animal_budget(probes: Mapping[str, SessionProbe]) -> AnimalBudget:
     cnmfe = (H * W * (1 + len(probes)) + _CNMFE_TRACES * T) * _F32  # A, A_sessions, traces
     exports = sum((_EXPORT_FOOTPRINTS * p.shape[0] * p.shape[1] + _EXPORT_TRACES * p.n_frames) * _F32
                   + _CSV_TRACES * p.n_frames * _CSV_VALUE for p in probes.values())
-    return AnimalBudget(len(probes), T, (H, W), intermediates, T * H * W * _F32, 100 * (cnmfe + exports))
+    aligned = T * H * W * MovieEncoding(aligned_dtype or default_config()["concatenation"]["dtype"]).dtype.itemsize
+    return AnimalBudget(len(probes), T, (H, W), intermediates, aligned, 100 * (cnmfe + exports))
 
 
 def budget_lines(probes: Mapping[str, Mapping[str, SessionProbe]], animals, *, keep_intermediates: bool,
-                 results: str = "results") -> tuple[list[str], str | None]:
+                 results: str = "results", aligned_dtype: str | None = None) -> tuple[list[str], str | None]:
     """The disk estimate to print when the workflow starts, and a warning when it may not fit.
 
     Parameters
@@ -101,6 +107,8 @@ def budget_lines(probes: Mapping[str, Mapping[str, SessionProbe]], animals, *, k
         Whether the intermediates stay (then they count in what is kept).
     results : path
         The results folder, whose disk's free space is compared.
+    aligned_dtype : str
+        ``concatenation.dtype``: how ``aligned.zarr`` stores the movie (the schema's when None).
 
     Returns
     -------
@@ -112,7 +120,7 @@ def budget_lines(probes: Mapping[str, Mapping[str, SessionProbe]], animals, *, k
         if not found:
             lines.append(f"  {animal}: recordings not there yet (written by a job); not estimated")
             continue
-        b = animal_budget(found)
+        b = animal_budget(found, aligned_dtype)
         peak += b.intermediates + b.aligned
         kept = b.aligned + (b.intermediates if keep_intermediates else 0)
         lines.append(f"  {animal}: {b.sessions} session(s), {b.n_frames} frames of {b.shape[0]}x{b.shape[1]} px: "

@@ -48,7 +48,7 @@ rule concatenate:
         directory("results/{animal}/aligned.zarr"),
     params:
         sessions=animal_sessions,
-        config=group_params("inter_session_alignment", "general"),
+        config=group_params("inter_session_alignment", "concatenation", "general"),
     log:
         "logs/{animal}/concatenate.log",
     benchmark:

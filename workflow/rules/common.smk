@@ -43,7 +43,12 @@ validate(SESSIONS.reset_index(drop=True), schema="../schemas/sessions.schema.yam
 ANIMALS = list(dict.fromkeys(SESSIONS["animal"]))
 if workflow.is_main_process:  # not in every cluster job: opens each recording's headers
     PROBES = check_animals(SESSIONS, CFG)  # frame rate and size agree within each animal
-    DISK_LINES, DISK_WARNING = budget_lines(PROBES, ANIMALS, keep_intermediates=CFG["keep_intermediates"])
+    DISK_LINES, DISK_WARNING = budget_lines(
+        PROBES,
+        ANIMALS,
+        keep_intermediates=CFG["keep_intermediates"],
+        aligned_dtype=CFG["concatenation"]["dtype"],
+    )
     print("\n".join(DISK_LINES), file=sys.stderr)  # stderr: `snakemake --dag | dot` stays clean
     if DISK_WARNING:
         print(f"califlow WARNING: {DISK_WARNING}", file=sys.stderr)

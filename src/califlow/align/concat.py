@@ -2,10 +2,12 @@
 
 ``aligned.zarr`` (written under a temporary name, renamed when complete):
 
-- ``movie`` (T, H, W) float32, chunks about (100, 64, 64), blosc-zstd + bit-shuffle; frames
-  of the sessions in order, with each session's vessel pulsation regressed out when its
-  ``projections.zarr`` holds it (``vessel_beta``, ``vessel_course``: see
-  :func:`read_vessel_pulse`); pixels a session does not cover (``fov_policy='pad'``) are 0;
+- ``movie`` (T, H, W), chunks about (100, 64, 64), blosc-zstd + bit-shuffle, stored as
+  ``concatenation.dtype`` (float32, float16 or uint16-scaled; attr ``califlow_encoding``, see
+  :mod:`califlow.io.encoding`; readers decode to float32); frames of the sessions in order,
+  with each session's vessel pulsation regressed out when its ``projections.zarr`` holds it
+  (``vessel_beta``, ``vessel_course``: see :func:`read_vessel_pulse`); pixels a session does
+  not cover (``fov_policy='pad'``) are 0;
 - ``mean``, ``bv``, ``cn``, ``pnr`` (S, H, W) float32: each session's projections in the
   aligned frame (0 where not covered), ``valid`` (S, H, W) bool;
 - attrs ``sessions``: list of ``{name, start, stop, n_frames, fps, source}`` (frames
@@ -19,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -29,6 +31,8 @@ from califlow.align.features import PROJECTION_KEYS
 from califlow.align.maps import BilinearWarp
 from califlow.align.pipeline import Alignment, load_alignment
 from califlow.errors import InputError
+from califlow.io.encoding import ATTR as ENCODING_ATTR
+from califlow.io.encoding import MovieEncoding
 from califlow.io.store import (
     MOVIE_CHUNKS,
     FrameWriter,
@@ -95,7 +99,7 @@ def concatenate(enhanced: Sequence[str | os.PathLike], alignment: Alignment | st
                 out_path: str | os.PathLike, *, names: Sequence[str] | None = None,
                 projections: Sequence[Mapping[str, np.ndarray] | str | os.PathLike] | None = None,
                 chunk_frames: int = MOVIE_CHUNKS[0], fps_tolerance: float | None = None,
-                params: Mapping | None = None) -> dict:
+                dtype: str | None = None, params: Mapping | None = None) -> dict:
     """Warp every session's enhanced movie through its map and write ``aligned.zarr``.
 
     Parameters
@@ -115,6 +119,8 @@ def concatenate(enhanced: Sequence[str | os.PathLike], alignment: Alignment | st
     fps_tolerance : float, optional
         Largest relative difference of frame rates accepted between sessions
         (``inter_session_alignment.fps_tolerance`` of the schema when not given).
+    dtype : {'float32', 'float16', 'uint16-scaled'}, optional
+        How ``movie`` is stored (``concatenation.dtype``; the schema's when not given).
     params : mapping, optional
         Resolved configuration, stored as provenance.
 
@@ -126,7 +132,7 @@ def concatenate(enhanced: Sequence[str | os.PathLike], alignment: Alignment | st
     ------
     InputError
         Missing or malformed store, frame size that does not match the alignment, differing
-        frame rates, non-finite frames (message names the file and the frame).
+        frame rates, non-finite frames, values ``dtype`` cannot hold (names file and frame).
     """
     al = alignment if isinstance(alignment, Alignment) else load_alignment(alignment)
     paths = [Path(p) for p in enhanced]
@@ -137,16 +143,17 @@ def concatenate(enhanced: Sequence[str | os.PathLike], alignment: Alignment | st
     H, W = al.shape
     total = int(sum(j.movie.shape[0] for j in jobs))
     table = _session_table(jobs)
-    # half the float32 size, a lower bound: blosc-zstd shrinks these movies about 1.3x (io.store.compressor)
-    with atomic_output(out_path, needed_bytes=total * H * W * 2) as tmp:
+    enc = _encoding(dtype, jobs, projections, chunk_frames)
+    # half the stored size, a lower bound: blosc-zstd shrinks these movies about 1.3x (io.store.compressor)
+    with atomic_output(out_path, needed_bytes=total * H * W * enc.dtype.itemsize // 2) as tmp:
         root = open_group(tmp, mode="w")
-        _write_aligned_movie(root, jobs, al, projections, total, chunk_frames)
+        _write_aligned_movie(root, jobs, al, projections, total, chunk_frames, enc)
         if projections is not None:
             _write_aligned_projections(root, jobs, al, projections)
         set_provenance(root, params=params, inputs=[str(p) for p in paths], sessions=table, fps=fps0,
                        n_frames=total, shape=[H, W], dropped=list(al.dropped), alignment_path=al.path,
                        bv_score=al.bv_score, alignment_box=list(al.box))
-    log.info("concatenated %d sessions, %d frames of %dx%d into %s", len(jobs), total, H, W, out_path)
+    log.info("concatenated %d sessions, %d frames of %dx%d into %s (%s)", len(jobs), total, H, W, out_path, enc.name)
     return {"sessions": table, "n_frames": total, "shape": (H, W), "fps": fps0}
 
 
@@ -228,32 +235,21 @@ def _session_table(jobs: list[_Job]) -> list[dict]:
     return table
 
 
-def _write_aligned_movie(root, jobs: list[_Job], al: Alignment, projections: Sequence | None, total: int,
-                         chunk_frames: int) -> None:
-    """Write ``movie`` (total, H, W) float32: every session warped into the aligned frame, in order,
-    with its vessel pulsation regressed out when its ``projections.zarr`` path holds one."""
-    H, W = al.shape
-    progress = Progress(total, "frames", "concatenate")
-    arr = create_movie(root, "movie", (total, H, W), chunks=(chunk_frames, MOVIE_CHUNKS[1], MOVIE_CHUNKS[2]))
-    with FrameWriter(arr) as writer:
-        for job in jobs:
-            pr = projections[job.input_index] if projections is not None else None
-            pulse = read_vessel_pulse(pr, int(job.movie.shape[0])) if isinstance(pr, (str, os.PathLike)) else None
-            _write_session_frames(writer, job, al, pulse, chunk_frames, progress)
+def _session_pulse(job: _Job, projections: Sequence | None) -> tuple | None:
+    """The vessel pulsation of a session (:func:`read_vessel_pulse`) when its projections are a path."""
+    pr = projections[job.input_index] if projections is not None else None
+    return read_vessel_pulse(pr, int(job.movie.shape[0])) if isinstance(pr, (str, os.PathLike)) else None
 
 
-def _write_session_frames(writer: FrameWriter, job: _Job, al: Alignment, pulse: tuple | None, chunk_frames: int,
-                          progress: Progress) -> None:
-    """Warp one session's frames into the aligned frame, ``chunk_frames`` at a time, and append them.
-
-    ``pulse`` is ``(beta (h, w), course (T,))`` of :func:`read_vessel_pulse`, regressed out first.
+def _session_blocks(job: _Job, pulse: tuple | None, chunk_frames: int) -> Iterator[tuple[int, np.ndarray]]:
+    """``(first frame, block (n, h, w) float32)`` of a session's enhanced movie, ``chunk_frames`` at a time,
+    with its vessel pulsation ``pulse`` (``(beta (h, w), course (T,))``) regressed out.
 
     Raises
     ------
     InputError
         A frame holds NaN or infinite values.
     """
-    warp = BilinearWarp(al.maps[job.alignment_index], al.session_shapes[job.alignment_index], fill=0.0)
     n = int(job.movie.shape[0])
     for start in range(0, n, chunk_frames):
         block = np.asarray(job.movie[start:start + chunk_frames], dtype=np.float32)
@@ -263,6 +259,55 @@ def _write_session_frames(writer: FrameWriter, job: _Job, al: Alignment, pulse: 
             raise InputError(f"{job.path}: frame {f} of session {job.name!r} has NaN or infinite values")
         if pulse is not None:
             block -= pulse[1][start:start + len(block), None, None] * pulse[0][None]
+        yield start, block
+
+
+def _encoding(dtype: str | None, jobs: list[_Job], projections: Sequence | None, chunk_frames: int) -> MovieEncoding:
+    """The storage of ``movie``; for ``uint16-scaled``, over the range of every session's frames
+    (one extra read: the bilinear warp mixes values, so it stays within their range and 0)."""
+    name = dtype or default_config()["concatenation"]["dtype"]
+    if name != "uint16-scaled":
+        return MovieEncoding(name)
+    lo, hi = 0.0, 0.0
+    for job in jobs:
+        for _, block in _session_blocks(job, _session_pulse(job, projections), chunk_frames):
+            lo, hi = min(lo, float(block.min())), max(hi, float(block.max()))
+    enc = MovieEncoding.for_range(name, lo, hi)
+    log.info("uint16-scaled: values %.4g to %.4g, one code = %.3g (largest error %.3g)", lo, hi, enc.scale,
+             enc.max_error)
+    return enc
+
+
+def _write_aligned_movie(root, jobs: list[_Job], al: Alignment, projections: Sequence | None, total: int,
+                         chunk_frames: int, enc: MovieEncoding) -> None:
+    """Write ``movie`` (total, H, W), encoded by ``enc``: every session warped into the aligned frame,
+    in order, with its vessel pulsation regressed out when its ``projections.zarr`` path holds one."""
+    H, W = al.shape
+    progress = Progress(total, "frames", "concatenate")
+    arr = create_movie(root, "movie", (total, H, W), stored_dtype=enc.dtype,
+                       chunks=(chunk_frames, MOVIE_CHUNKS[1], MOVIE_CHUNKS[2]))
+    arr.attrs[ENCODING_ATTR] = enc.attrs()
+    with FrameWriter(arr, encode=enc.encode) as writer:
+        for job in jobs:
+            _write_session_frames(writer, job, al, _session_pulse(job, projections), chunk_frames, progress, enc)
+
+
+def _write_session_frames(writer: FrameWriter, job: _Job, al: Alignment, pulse: tuple | None, chunk_frames: int,
+                          progress: Progress, enc: MovieEncoding) -> None:
+    """Warp one session's frames into the aligned frame, ``chunk_frames`` at a time, and append them.
+
+    Raises
+    ------
+    InputError
+        A frame holds NaN or infinite values, or a value that ``enc`` cannot store.
+    """
+    warp = BilinearWarp(al.maps[job.alignment_index], al.session_shapes[job.alignment_index], fill=0.0)
+    for start, block in _session_blocks(job, pulse, chunk_frames):
+        bad = enc.first_unstorable(block)
+        if bad >= 0:
+            peak = float(np.abs(block[bad]).max())
+            raise InputError(f"{job.path}: frame {start + bad} of session {job.name!r} holds a value of magnitude "
+                             f"{peak:.6g}, beyond what concatenation.dtype {enc.name!r} stores; use float32")
         writer.write(warp(block))
         progress.update(len(block))
 

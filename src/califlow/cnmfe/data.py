@@ -22,6 +22,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from califlow.errors import InputError
+from califlow.io.encoding import MovieEncoding
 from califlow.io.store import open_group
 
 __all__ = [
@@ -61,6 +62,7 @@ class AlignedStore:
         if "movie" not in group:
             raise InputError(f"{self.path}: no 'movie' array; is this an aligned.zarr store?")
         self.movie = group["movie"]
+        self.encoding = MovieEncoding.of(self.movie)
         if self.movie.ndim != 3:
             raise InputError(f"{self.path}/movie: expected (T, H, W), got shape {self.movie.shape}")
         self.shape = tuple(int(s) for s in self.movie.shape)
@@ -117,7 +119,7 @@ class AlignedStore:
         InputError
             When the window holds a non-finite value (names the first bad frame).
         """
-        data = np.asarray(self.movie[t0:t1, ys, xs], dtype=np.float32)
+        data = self.encoding.decode(self.movie[t0:t1, ys, xs])
         bad = _first_nonfinite_frame(data.reshape(data.shape[0], -1))
         if bad >= 0:
             raise InputError(f"{self.path}/movie: frame {t0 + bad} holds NaN or infinite values "

@@ -279,13 +279,13 @@ def open_group(path: str | os.PathLike, mode: str = "r") -> zarr.Group:
     return zarr.open_group(store=ResultsStore(p, read_only=mode == "r"), mode=mode)
 
 
-def create_movie(group: zarr.Group, name: str, shape: tuple[int, int, int], dtype="float32",
+def create_movie(group: zarr.Group, name: str, shape: tuple[int, int, int], stored_dtype="float32",
                  chunks: tuple[int, int, int] | None = None, level: int = 3) -> zarr.Array:
-    """Create a (T, H, W) movie array with the califlow chunking and codec (zstd ``level``)."""
+    """Create a (T, H, W) movie array of ``stored_dtype`` with the califlow chunking and codec (zstd ``level``)."""
     t, h, w = (int(s) for s in shape)
     ct, ch, cw = chunks or MOVIE_CHUNKS
     chunks = (max(1, min(ct, max(t, 1))), max(1, min(ch, h)), max(1, min(cw, w)))
-    return group.create_array(name, shape=(t, h, w), chunks=chunks, dtype=dtype,
+    return group.create_array(name, shape=(t, h, w), chunks=chunks, dtype=stored_dtype,
                               compressors=compressor(level), fill_value=0)
 
 
@@ -297,7 +297,9 @@ class FrameWriter:
     producer overlaps compression and memory is two time-chunks whatever the movie length.
     Each chunk is written exactly once (safe for one writer per chunk). The array grows when
     more frames arrive than it holds; :meth:`close` trims it to the frames written. Errors of
-    the writer thread are raised in the caller at the next call.
+    the writer thread are raised in the caller at the next call. ``encode``, when given, maps
+    each float32 block to the stored values in the writer thread
+    (:meth:`califlow.io.encoding.MovieEncoding.encode`).
 
     Examples
     --------
@@ -306,8 +308,9 @@ class FrameWriter:
     ...         w.write(block)
     """
 
-    def __init__(self, array: zarr.Array, chunk_t: int | None = None):
+    def __init__(self, array: zarr.Array, chunk_t: int | None = None, encode=None):
         self.array = array
+        self.encode = encode
         self.chunk_t = int(chunk_t or array.chunks[0])
         shape = (self.chunk_t, *array.shape[1:])
         self._buffers = [np.empty(shape, np.float32), np.empty(shape, np.float32)]
@@ -320,7 +323,7 @@ class FrameWriter:
         end = start + data.shape[0]
         if end > self.array.shape[0]:
             self.array.resize((end, *self.array.shape[1:]))
-        self.array[start:end] = data
+        self.array[start:end] = data if self.encode is None else self.encode(data)
 
     def _wait(self) -> None:
         if self._future is not None:

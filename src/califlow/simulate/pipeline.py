@@ -84,7 +84,8 @@ def _sessions_to_aligned(animal, work: Path, config: Mapping, timings: dict, ing
     save_alignment(al, work / "alignment.zarr", config=dict(config))
     aligned = work / "aligned.zarr"
     concatenate([d / "enhanced.zarr" for d in outs], al, aligned, names=names,
-                projections=[d / "projections.zarr" for d in outs], params=dict(config))
+                projections=[d / "projections.zarr" for d in outs],
+                dtype=(config.get("concatenation") or {}).get("dtype"), params=dict(config))
     timings["align_s"] = time.perf_counter() - t
     return aligned
 
