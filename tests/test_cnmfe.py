@@ -125,6 +125,28 @@ def test_tiny_memory_budget_streams_and_splits(aligned, tmp_path):
     assert budget > 0
 
 
+def test_scatter_job_memory_follows_the_plan_and_changes_no_sub_batch(aligned):
+    """A scatter job asks for what its patches need by the plan (not the profile's constant),
+    and given just that it plans the same batches as a job with any larger budget."""
+    from califlow.cnmfe.pipeline import OVERHEAD_BYTES, patch_groups, patch_job_memory_bytes
+    from califlow.host import JOB_OVERHEAD_GB, with_memory_budget
+
+    loose = {"cnmfe": {**CONFIG["cnmfe"], "memory_size_to_use": None}}
+    big = plan(aligned, CONFIG)
+    for job in range(3):
+        need = patch_job_memory_bytes(aligned, loose, job, 3)
+        block = max(big.patches[i].block_shape[0] * big.patches[i].block_shape[1]
+                    for i in patch_groups(len(big.patches), 3)[job])
+        assert need == OVERHEAD_BYTES + 4 * block * (3 * 300 + 2 * 600)  # 2 sessions of 300 frames
+        given = with_memory_budget(plan(aligned, loose).config, need / 1e6 + 1000 * JOB_OVERHEAD_GB)
+        p = plan(aligned, given)
+        for i in patch_groups(len(p.patches), 3)[job]:
+            assert p.patch_batches(p.patches[i], p.patch_budget()) == big.batches == [(0, 300), (300, 600)]
+    assert patch_job_memory_bytes(aligned, loose, 9, 10) == OVERHEAD_BYTES  # no patch in this job
+    capped = {"cnmfe": {**loose["cnmfe"], "memory_size_per_patch": 0.001}}
+    assert patch_job_memory_bytes(aligned, capped, 0, 3) == OVERHEAD_BYTES + 1e6
+
+
 # --- bad inputs ----------------------------------------------------------------------------
 def _copy(aligned, tmp_path):
     dst = tmp_path / "aligned.zarr"

@@ -262,7 +262,13 @@ def _slurm_up() -> bool:
 @pytest.mark.slurm
 @pytest.mark.skipif(not _slurm_up(), reason="no SLURM controller (start one with tests/slurm/start_slurm.sh)")
 def test_slurm_run_equals_local_run(demo, tmp_path):
+    """The demo on SLURM with CNMF-E scattered over 2 patch jobs: the same outputs as the local
+    single-job run, and each patch job asks for the memory its patches need by the plan."""
+    from califlow.cnmfe.pipeline import patch_job_memory_bytes
+
     work = make_workdir(tmp_path / "slurm")
+    config = work / "config" / "config.yaml"
+    config.write_text(config.read_text().replace("  patch_jobs: 0\n", "  patch_jobs: 2\n"))
     shutil.copytree(REPO / "profiles", work / "profiles", symlinks=True)
     t0 = time.time()
     proc = run_snakemake(work, "--profile", str(REPO / "profiles" / "slurm"),
@@ -271,7 +277,26 @@ def test_slurm_run_equals_local_run(demo, tmp_path):
     elapsed = time.time() - t0
     assert "slurm" in proc.stdout.lower()
     assert output_hashes(work / "results") == demo["hashes"]
-    print(f"SLURM demo run: {elapsed:.0f} s (local: {demo['elapsed']:.0f} s)")
+    cfg = resolve_config(yaml.safe_load(config.read_text()))
+    asked = _patch_job_requests(proc.stdout)
+    assert len(asked) == 4, proc.stdout[-3000:]  # 2 animals x 2 jobs
+    for (animal, job), mem_mb in asked.items():
+        need = patch_job_memory_bytes(work / "results" / animal / "aligned.zarr", cfg, job, 2)
+        assert mem_mb == -(-need // 10**6) + 1000, (animal, job, mem_mb, need)
+    print(f"SLURM demo run: {elapsed:.0f} s (local: {demo['elapsed']:.0f} s); patch jobs asked {asked} MB")
+
+
+def _patch_job_requests(log: str) -> dict[tuple[str, int], int]:
+    """``{(animal, job): mem_mb}`` of the cnmfe_patches jobs in Snakemake's job listing."""
+    import re
+
+    out = {}
+    for block in re.findall(r"rule cnmfe_patches:\n(.*?)(?:\n\s*\n|$)", log, flags=re.S):
+        wc = re.search(r"wildcards: animal=(\w+), job=(\d+)", block)
+        mem = re.search(r"resources: .*?\bmem_mb=(\d+)", block)
+        if wc and mem:
+            out[(wc.group(1), int(wc.group(2)))] = int(mem.group(1))
+    return out
 
 
 def test_a_gsig_far_from_the_data_is_loud_and_harmless(demo, tmp_path):

@@ -166,6 +166,17 @@ def cnmfe_mem_mb(wildcards, attempt):
     return 4000 * attempt
 
 
+def cnmfe_patch_mem_mb(wildcards, input, attempt):
+    """Memory request of a CNMF-E scatter job (MB): what its patches need by the plan
+    (califlow.cnmfe.pipeline.patch_job_memory_bytes, from aligned.zarr's shape and
+    sessions) plus 1 GB per attempt, and never more than cnmfe_mem_mb."""
+    from califlow.cnmfe.pipeline import patch_job_memory_bytes
+
+    n_jobs = int(CFG["cnmfe"]["patch_jobs"])
+    need = patch_job_memory_bytes(input.aligned, CFG, int(wildcards.job), n_jobs)
+    return min(cnmfe_mem_mb(wildcards, attempt), -(-need // 10**6) + 1000 * attempt)
+
+
 def final_outputs():
     """Targets of the default target: what the stages built so far deliver per session and animal."""
     targets = []

@@ -27,7 +27,7 @@ if CNMFE_JOBS > 0:
         wildcard_constraints:
             job=r"\d+",
         resources:
-            mem_mb=cnmfe_mem_mb,
+            mem_mb=cnmfe_patch_mem_mb,
         conda:
             "../../envs/califlow.yaml"
         script:

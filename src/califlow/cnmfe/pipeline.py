@@ -53,7 +53,7 @@ from califlow.io.store import atomic_output, create_image, open_group, set_prove
 from califlow.params import resolve_config
 from califlow.progress import CONSOLE
 
-__all__ = ["Plan", "plan", "run_patch_group", "gather", "run_cnmfe", "patch_groups"]
+__all__ = ["Plan", "plan", "run_patch_group", "gather", "run_cnmfe", "patch_groups", "patch_job_memory_bytes"]
 
 log = logging.getLogger("califlow.cnmfe")
 
@@ -130,6 +130,30 @@ def patch_groups(n_patches: int, n_jobs: int) -> list[list[int]]:
     """Patch indices of each of ``n_jobs`` jobs (round robin; empty groups allowed)."""
     n_jobs = max(1, int(n_jobs))
     return [list(range(j, n_patches, n_jobs)) for j in range(n_jobs)]
+
+
+def patch_job_memory_bytes(aligned_path: str | os.PathLike, config: Mapping, job: int, n_jobs: int) -> int:
+    """Memory (bytes) scatter job ``job`` of ``n_jobs`` needs, from the plan of its patches.
+
+    The fixed overhead (:data:`OVERHEAD_BYTES`) plus, for its largest patch, the
+    :data:`PATCH_COPIES` copies of its longest batch and the block over the whole movie held
+    twice (the data and the residual caches of :func:`califlow.cnmfe.patches.run_patch`),
+    at most ``memory_size_per_patch``. A job that is given this much plans no sub-batches
+    (:meth:`Plan.patch_batches`), nor does one given more, so the scatter's results do not
+    depend on the requests. Reads only the store's shape and sessions.
+    """
+    cfg = resolve_config(dict(config))["cnmfe"]
+    store = AlignedStore(aligned_path)
+    T, h, w = store.shape
+    batches = make_batches(store.sessions, T, int(cfg["batch_sz"]))
+    longest = max(e - s for s, e in batches)
+    patches = patch_grid((h, w), tuple(cfg["patch_dims"]), int(cfg["w_overlap"]))
+    mine = patch_groups(len(patches), n_jobs)[job]
+    if not mine:
+        return OVERHEAD_BYTES
+    per_frame = max(4 * patches[i].block_shape[0] * patches[i].block_shape[1] for i in mine)
+    need = per_frame * (PATCH_COPIES * longest + 2 * T)
+    return int(OVERHEAD_BYTES + min(need, float(cfg["memory_size_per_patch"]) * 1e9))
 
 
 #: Plans already made in this (worker) process, by store path and configuration.
