@@ -7,8 +7,6 @@ Run::
     python benchmarks/bench_cnmfe.py spikes --preset dense_lowsnr   # where spike accuracy is lost
     python benchmarks/bench_cnmfe.py iterations          # max_iter 2 (the loop before its fix) vs 4
     python benchmarks/bench_cnmfe.py speed               # 256x256x4000, 120 neurons, frames/s end to end
-    python benchmarks/bench_cnmfe.py memory --frames 15000 60000   # peak RSS, memory_size_to_use 4
-    python benchmarks/bench_cnmfe.py memory --frames 15000 60000 --max-iter 2 --no-residual  # shorter
 
 Sections
 --------
@@ -26,9 +24,9 @@ iterations  The accuracy run with max_iter 2 (what the refinement loop ran befor
           default), interleaved twice in one process: wall time, iterations run per patch, scores.
 speed     The same on a 256x256x4000 movie with 120 neurons: wall time, CPU time and
           frames/s of ``run_cnmfe`` (store already written), in this process.
-memory    Peak RSS of ``run_cnmfe`` in a fresh process on a long movie (the 4000-frame
-          simulated movie repeated in time, 4 sessions) with ``memory_size_to_use: 4``;
-          the baseline RSS of the interpreter with the libraries imported is printed too.
+
+Peak memory and speed on long movies (the 4000-frame movie repeated in time) are measured by
+``benchmarks/bench_scale.py``.
 
 Every run prints the exact command and its figures; stores are written under --workdir
 (default: a temporary folder) and reused when present.
@@ -40,7 +38,6 @@ import argparse
 import json
 import os
 import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -202,76 +199,12 @@ def run_speed(args, workdir: Path) -> None:
           f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB; scores {json.dumps(out)}")
 
 
-def long_store(workdir: Path, base: Path, n_frames: int) -> Path:
-    """The base movie repeated in time to ``n_frames`` frames, as 4 equal sessions."""
-    import zarr
-
-    from califlow.io.store import atomic_output, create_image, create_movie, open_group
-
-    path = workdir / f"aligned_long_{n_frames}.zarr"
-    if path.exists():
-        return path
-    src = zarr.open_group(str(base), mode="r")
-    mov = src["movie"]
-    T0, h, w = mov.shape
-    per = n_frames // 4
-    with atomic_output(path) as tmp:
-        g = open_group(tmp, "w")
-        out = create_movie(g, "movie", (4 * per, h, w))
-        for a in range(0, 4 * per, 1000):
-            b = min(4 * per, a + 1000)
-            idx = np.arange(a, b) % T0
-            out[a:b] = mov[int(idx[0]):int(idx[0]) + (b - a)] if idx[-1] > idx[0] else mov[idx]
-        create_image(g, "cn", np.repeat(src["cn"][...].max(axis=0, keepdims=True), 4, axis=0))
-        create_image(g, "pnr", np.repeat(src["pnr"][...].max(axis=0, keepdims=True), 4, axis=0))
-        if "bv" in src:
-            create_image(g, "bv", np.repeat(src["bv"][...].max(axis=0, keepdims=True), 4, axis=0))
-        fps = src.attrs["sessions"][0]["fps"]
-        g.attrs["sessions"] = [{"name": f"session{s}", "start": s * per, "stop": (s + 1) * per, "fps": fps,
-                                "source": "repeated"} for s in range(4)]
-    return path
-
-
-_CHILD = r"""
-import json, resource, sys, time
-import califlow.cnmfe, califlow.deconv, numba, zarr
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-from califlow.cnmfe import run_cnmfe
-t = time.perf_counter()
-cfg = {"cnmfe": {"memory_size_to_use": float(sys.argv[3]), "max_iter": int(sys.argv[4]),
-                 "residual_search": sys.argv[5] == "1"}}
-ex = run_cnmfe(sys.argv[1], sys.argv[2], cfg)
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-print(json.dumps({"baseline_mib": round(base), "peak_mib": round(peak), "wall_s": round(time.perf_counter() - t, 1),
-                  "neurons": int(ex.C.shape[0])}))
-"""
-
-
-def run_memory(args, workdir: Path) -> None:
-    base, _ = build_store(workdir, "default", args.seed)
-    for n in args.frames:
-        path = long_store(workdir, base, n)
-        cmd = [sys.executable, "-c", _CHILD, str(path), str(workdir / f"cnmfe_long_{n}.zarr"), str(args.budget),
-               str(args.max_iter), "0" if args.no_residual else "1"]
-        res = subprocess.run(cmd, capture_output=True, text=True)
-        if res.returncode:
-            print(res.stderr[-3000:])
-            raise SystemExit(res.returncode)
-        out = json.loads(res.stdout.strip().splitlines()[-1])
-        print(f"memory 256x256x{n} memory_size_to_use={args.budget} max_iter={args.max_iter} "
-              f"residual_search={not args.no_residual}: {json.dumps(out)}")
-
-
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("section", choices=["accuracy", "spikes", "iterations", "speed", "memory"])
+    ap.add_argument("section", choices=["accuracy", "spikes", "iterations", "speed"])
     ap.add_argument("--preset", default="default")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--processes", type=int, default=1)
-    ap.add_argument("--frames", type=int, nargs="+", default=[15000, 60000])
-    ap.add_argument("--budget", type=float, default=4.0)
-    ap.add_argument("--max-iter", type=int, default=4, help="cnmfe.max_iter of the memory runs")
-    ap.add_argument("--no-residual", action="store_true", help="memory runs without the residual search")
     ap.add_argument("--workdir", type=Path, default=None)
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args(argv)
@@ -279,8 +212,8 @@ def main(argv=None) -> None:
     print("command:", " ".join([os.path.basename(sys.executable), *sys.argv]))
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench_cnmfe_"))
     workdir.mkdir(parents=True, exist_ok=True)
-    {"accuracy": run_accuracy, "spikes": run_spikes, "iterations": run_iterations, "speed": run_speed,
-     "memory": run_memory}[args.section](args, workdir)
+    sections = {"accuracy": run_accuracy, "spikes": run_spikes, "iterations": run_iterations, "speed": run_speed}
+    sections[args.section](args, workdir)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,10 @@ writing), stitch, the fit updates (background, spatial, temporal, clean; marked 
 they sum the patch phase's calls and the global refinement's), per-session footprints, final
 deconvolution and post-processing, writing.
 Runs of several dtypes at one T are interleaved, in the order given.
+
+``--patch-jobs N`` runs instead the N scatter jobs of ``cnmfe.patch_jobs: N`` one by one,
+each in a fresh process given the memory the workflow asks for it (``cnmfe_patch_mem_mb``,
+``memory_size_to_use: null``), and prints the planned need, the request and the peak RSS.
 """
 
 from __future__ import annotations
@@ -77,6 +81,35 @@ print(json.dumps({"baseline_mib": round(base), "peak_mib": round(peak), "wall_s"
 """
 
 
+_PATCH_CHILD = r"""
+import json, sys, time
+from califlow.cnmfe import run_patch_job
+from califlow.host import with_memory_budget
+from califlow.params import resolve_config
+def vm(key):
+    for line in open("/proc/self/status"):
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) / 1024
+cfg = with_memory_budget(resolve_config({"cnmfe": {"memory_size_to_use": None}}), float(sys.argv[5]))
+t = time.perf_counter()
+run_patch_job(sys.argv[1], sys.argv[2], cfg, int(sys.argv[3]), int(sys.argv[4]))
+print(json.dumps({"peak_mib": round(vm("VmHWM")), "wall_s": round(time.perf_counter() - t, 1)}))
+"""
+
+
+def run_patch_jobs(path: Path, workdir: Path, n_frames: int, n_jobs: int) -> None:
+    """Each scatter job in a fresh process, given the memory the workflow asks for it
+    (``cnmfe_patch_mem_mb`` with ``memory_size_to_use: null``): its request against its peak RSS."""
+    from califlow.cnmfe.pipeline import patch_job_memory_bytes
+
+    for job in range(n_jobs):
+        need = patch_job_memory_bytes(path, {}, job, n_jobs)
+        mem_mb = -(-need // 10**6) + 1000  # cnmfe_patch_mem_mb, attempt 1 (below the cluster's 4000 cap or not)
+        r = run_child(_PATCH_CHILD, path, workdir / f"job{job}.npz", job, n_jobs, mem_mb)
+        print(f"| {n_frames} | {job}/{n_jobs} | {need / 2**20:.0f} | {mem_mb} | {r['peak_mib']} | "
+              f"{r['peak_mib'] * 2**20 / 1e6 / mem_mb:.2f} | {r['wall_s']:.0f} |", flush=True)
+
+
 def long_store(workdir: Path, base: Path, n_frames: int, dtype: str) -> Path:
     """The base movie repeated in time to ``n_frames`` frames, as 4 equal sessions, stored as ``dtype``."""
     import zarr
@@ -109,9 +142,9 @@ def long_store(workdir: Path, base: Path, n_frames: int, dtype: str) -> Path:
     return path
 
 
-def run_one(path: Path, out: Path, budget: float) -> dict:
-    cmd = [sys.executable, "-c", _CHILD, str(path), str(out), str(budget), json.dumps(STAGES)]
-    res = subprocess.run(cmd, capture_output=True, text=True)
+def run_child(code: str, *argv) -> dict:
+    """Run ``code`` in a fresh interpreter with ``argv``; its last stdout line, parsed as JSON."""
+    res = subprocess.run([sys.executable, "-c", code, *map(str, argv)], capture_output=True, text=True)
     if res.returncode:
         print(res.stderr[-3000:])
         raise SystemExit(res.returncode)
@@ -124,10 +157,18 @@ def main(argv=None) -> None:
     ap.add_argument("--dtype", nargs="+", default=["float32"], choices=["float32", "float16", "uint16-scaled"])
     ap.add_argument("--budget", type=float, default=4.0, help="cnmfe.memory_size_to_use (GB)")
     ap.add_argument("--workdir", type=Path, default=None)
+    ap.add_argument("--patch-jobs", type=int, default=0,
+                    help="instead: run the scatter jobs of N patch jobs, each given its planned request")
     args = ap.parse_args(argv)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench_scale_"))
     workdir.mkdir(parents=True, exist_ok=True)
     base, _ = build_store(workdir, "default", 0)
+    if args.patch_jobs:
+        print("| T | job | planned need MiB | request mem_mb | peak RSS MiB | peak / request | wall s |")
+        print("|---|---|---|---|---|---|---|")
+        for n in args.frames:
+            run_patch_jobs(long_store(workdir, base, n, args.dtype[0]), workdir, n, args.patch_jobs)
+        return
     print(f"# 256x256, default preset repeated, memory_size_to_use {args.budget} GB, full default loop; "
           f"work {workdir}")
     print("| T | dtype | wall s | frames/s | ratio to first | peak RSS MiB | baseline MiB | neurons | "
@@ -137,7 +178,7 @@ def main(argv=None) -> None:
     for n in args.frames:
         for dtype in args.dtype:
             path = long_store(workdir, base, n, dtype)
-            r = run_one(path, workdir / f"cnmfe_{n}_{dtype}.zarr", args.budget)
+            r = run_child(_CHILD, path, workdir / f"cnmfe_{n}_{dtype}.zarr", args.budget, json.dumps(STAGES))
             fps = n / r["wall_s"]
             first.setdefault(dtype, fps)
             print(f"| {n} | {dtype} | {r['wall_s']:.0f} | {fps:.1f} | {fps / first[dtype]:.2f} | {r['peak_mib']} "
