@@ -4,9 +4,9 @@ The movie stores hold float32 frames: per session ``ingest.zarr`` and ``enhanced
 (intermediates: deleted once their animal's ``aligned.zarr`` is written, unless
 ``keep_intermediates``), and per animal ``aligned.zarr`` (kept; 2 bytes a value with
 ``concatenation.dtype`` float16 or uint16-scaled) over the field of view common to its
-sessions. The figures are uncompressed sizes, an upper bound: blosc-zstd shrinks these noise-
-like movies by only 1.1-1.3x (:func:`califlow.io.store.compressor`), and the zeros that pad its
-edge chunks compress away. ``enhanced.zarr`` is written without compression (speed), so its
+sessions. The figures are uncompressed sizes, an upper bound: blosc-zstd shrinks these
+noise-like movies by only 1.1-1.3x (:func:`califlow.io.store.compressor`), and the zeros that pad
+its edge chunks compress away. ``enhanced.zarr`` is written without compression (speed), so its
 edge chunks count whole (:data:`califlow.io.store.MOVIE_CHUNKS`). What depends on the number of
 neurons (``cnmfe.zarr``, the ``.isxd`` cell sets, the NWB files and the CSV traces) is given
 per 100 neurons, since that number is known only after extraction.

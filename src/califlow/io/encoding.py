@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["DTYPES", "FLOAT16_MAX", "MovieEncoding"]
+__all__ = ["ATTR", "DTYPES", "FLOAT16_MAX", "MovieEncoding"]
 
 #: The values of ``concatenation.dtype``.
 DTYPES = ("float32", "float16", "uint16-scaled")
@@ -29,6 +29,7 @@ DTYPES = ("float32", "float16", "uint16-scaled")
 FLOAT16_MAX = 65504.0
 _TOP = 65535  # largest uint16 code
 _STORAGE = {"float32": np.float32, "float16": np.float16, "uint16-scaled": np.uint16}
+#: The movie array's attribute that records its encoding.
 ATTR = "califlow_encoding"
 
 
