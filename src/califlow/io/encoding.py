@@ -96,16 +96,14 @@ class MovieEncoding:
         return "2**-11 relative" if self.name == "float16" else 0.0
 
     def first_unstorable(self, block: np.ndarray) -> int:
-        """Index of the first frame of ``block`` (n, h, w) that this encoding cannot hold, -1 if none."""
-        if self.name == "float32":
+        """Index of the first frame of ``block`` (n, h, w) that this encoding cannot hold, -1 if none.
+
+        Only float16 can refuse a value: a uint16-scaled encoding is made for the range of
+        the very frames it stores (:meth:`for_range`).
+        """
+        if self.name != "float16":
             return -1
-        if self.name == "float16":
-            bad = np.abs(block).reshape(len(block), -1).max(axis=1, initial=0) > FLOAT16_MAX
-        else:
-            flat = block.reshape(len(block), -1)
-            codes_lo = flat.min(axis=1, initial=0) / self.scale + self.zero
-            codes_hi = flat.max(axis=1, initial=0) / self.scale + self.zero
-            bad = (codes_lo < -0.5) | (codes_hi > _TOP + 0.5)
+        bad = np.abs(block).reshape(len(block), -1).max(axis=1, initial=0) > FLOAT16_MAX
         return int(np.argmax(bad)) if bad.any() else -1
 
     def encode(self, block: np.ndarray) -> np.ndarray:
